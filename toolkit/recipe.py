@@ -1,0 +1,366 @@
+"""Recipes: one YAML file describes a run; pydantic validates every section up front.
+
+Loading order: the file's `extends:` chain (parents first, deep-merged), then `--set a.b=value`
+overrides, then validation. Every mistake is a `ToolkitError` naming file:line and the key path.
+Relative paths in a recipe are taken from the working directory, as in Axolotl and torchtune.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from toolkit.errors import ToolkitError, did_you_mean
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+
+
+class TinyHybridConfig(Section):
+    """Sizes of the built-in random-init Qwen3.5 hybrid (Gated DeltaNet + full attention at 3:1)."""
+
+    vocab_size: int = Field(2048, ge=300)
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = Field(4, ge=1)
+    full_attention_interval: int = Field(4, ge=1)  # every 4th layer is full attention: 3:1
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_key_head_dim: int = 32
+    linear_value_head_dim: int = 32
+    linear_conv_kernel_dim: int = 4
+    max_position_embeddings: int = 2048
+
+
+class ModelConfig(Section):
+    name_or_path: str = "tiny-hybrid"  # "tiny-hybrid", a local directory, or a hub id
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = "sdpa"
+    tiny: TinyHybridConfig = TinyHybridConfig()
+    chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
+
+
+GDN_GATE_PARAMS = ("A_log", "dt_bias")
+
+
+class LoraConfig(Section):
+    enabled: bool = True  # finetune only; `toolkit pretrain` trains every weight
+    r: int = Field(64, ge=1)
+    alpha: float = 128.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: str | list[str] = "hybrid-all"  # preset name or explicit module names
+    train_gates: bool = False  # train the GDN gate parameters A_log and dt_bias directly
+    rslora: bool = False
+    dora: bool = False
+    export_merged: bool = False  # also write merged/ (base + adapter as one model)
+
+
+class SourceConfig(Section):
+    name: str
+    path: str | None = None  # JSONL, JSON, parquet or text file
+    dataset: str | None = None  # a Hugging Face datasets hub id
+    builtin: str | None = None  # a corpus gathered at run time (see toolkit.data.corpus)
+    split: str = "train"
+    format: Literal["auto", "chat", "prompt_response", "text"] = "auto"
+    text_field: str = "text"
+    tier: int | None = Field(None, ge=1, le=3)
+    tags: list[str] = []
+    weight: float = Field(1.0, gt=0)
+    strip_instructions: bool = False  # drop system prompt/constitution from the training context
+    on_bad_line: Literal["error", "skip"] = "error"
+    max_examples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        given = [k for k in ("path", "dataset", "builtin") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"source '{self.name}' needs exactly one of path, dataset, builtin")
+        return self
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = []
+    max_length: int = Field(512, ge=8)
+    # bucket: examples of similar length share a micro-batch, right-padded (no leak, little waste)
+    # pack: several examples per row; refused where the kernels cannot keep them apart
+    batching: Literal["bucket", "pad", "pack"] = "bucket"
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    val_max_examples: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class CurriculumConfig(Section):
+    # The curriculum issue adds phases, tiers, warmup gates and bandits; today: the mixing rule.
+    sampler: Literal["weighted", "uniform"] = "weighted"
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)  # micro-batch per process
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(50, ge=1)
+    keep_last: int = Field(3, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(4, ge=1)
+    divergence_guard: bool = True
+    log_every: int = Field(1, ge=1)
+
+    @field_validator("precision")
+    @classmethod
+    def _no_fp16(cls, v):
+        if v == "fp16":
+            raise ValueError("fp16 gives NaN in Gated DeltaNet layers; use bf16 (GPU) or fp32 (CPU)")
+        return v
+
+
+class MonitorConfig(Section):
+    pass  # filled by the understanding-module issue
+
+
+class DreamConfig(Section):
+    enabled: bool = False  # filled by the dream-loop issue
+
+
+class AnalysisConfig(Section):
+    head_diff: bool = False  # filled by the head-diff issue
+
+
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+
+
+class LoggingConfig(Section):
+    trackers: list[Tracker] = ["tensorboard"]
+    project: str | None = None
+    progress: bool = True
+
+
+class Recipe(Section):
+    extends: str | None = None
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    regime: Literal["finetune", "from_scratch"] = "finetune"
+    lora: LoraConfig = LoraConfig()
+    data: DataConfig = DataConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    train: TrainConfig = TrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    dream: DreamConfig = DreamConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.run.output_dir)
+
+
+# ---------------------------------------------------------------- loading
+
+
+class LoadedRecipe:
+    """A validated recipe plus where each key came from (for errors raised after validation)."""
+
+    def __init__(self, recipe: Recipe, path: Path, locations: dict[tuple, str], resolved: dict):
+        self.recipe = recipe
+        self.path = path
+        self.locations = locations
+        self.resolved = resolved
+
+    def where(self, key: str) -> str:
+        """file:line where the dotted `key` ("data.sources.0.path") is set, or the recipe file."""
+        parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        return locate(self.locations, parts, self.path)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    path = Path(path)
+    data, locations = _load_with_extends(path, seen=())
+    for item in overrides or []:
+        _apply_override(data, locations, item)
+    data.pop("extends", None)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _as_toolkit_error(exc, locations, path) from None
+    return LoadedRecipe(recipe, path, locations, recipe.model_dump(mode="json", exclude={"extends"}))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude={"extends"}), sort_keys=False)
+
+
+def _load_with_extends(path: Path, seen: tuple) -> tuple[dict, dict]:
+    if not path.is_file():
+        raise ToolkitError("recipe file not found", where=str(path))
+    if path.resolve() in seen:
+        raise ToolkitError("`extends` forms a cycle", where=f"{path}:extends")
+    data, locations = _read_yaml(path)
+    parent = data.get("extends")
+    if parent is None:
+        return data, locations
+    if not isinstance(parent, str):
+        raise ToolkitError("`extends` must be a file path", where=locations.get(("extends",), str(path)))
+    parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    base, base_locations = _load_with_extends(parent_path, seen + (path.resolve(),))
+    base.pop("extends", None)
+    return _deep_merge(base, data), {**base_locations, **locations}
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict]:
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ToolkitError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ToolkitError("a recipe must be a mapping of sections", where=str(path))
+    locations: dict[tuple, str] = {}
+    _index_lines(node, (), path, locations)
+    return data, locations
+
+
+def _index_lines(node, prefix: tuple, path: Path, out: dict) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + (key_node.value,)
+            out[key] = f"{path}:{key_node.start_mark.line + 1}"
+            _index_lines(value_node, key, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[prefix + (i,)] = f"{path}:{item.start_mark.line + 1}"
+            _index_lines(item, prefix + (i,), path, out)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(data: dict, locations: dict, item: str) -> None:
+    if "=" not in item:
+        raise ToolkitError(f"--set expects key.path=value, got '{item}'", where="--set")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node.get(key, {}), dict):
+            raise ToolkitError(f"'{'.'.join(keys[: i + 1])}' is not a section", where=f"--set {dotted}")
+        node = node.setdefault(key, {})
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+    locations[tuple(int(k) if k.isdigit() else k for k in keys)] = f"--set {dotted}"
+
+
+def locate(locations: dict, key_path: tuple, default: Path) -> str:
+    """file:line of the deepest key of `key_path` that the recipe spells out."""
+    for n in range(len(key_path), 0, -1):
+        if key_path[:n] in locations:
+            return locations[key_path[:n]]
+    return str(default)
+
+
+def _as_toolkit_error(exc: ValidationError, locations: dict, path: Path) -> ToolkitError:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = _drop_union_tags(loc)
+    key = ".".join(str(p) for p in loc) or None
+    where = locate(locations, loc, path)
+    if where.startswith("--set"):
+        key = None  # the override already names the key
+    if err["type"] == "extra_forbidden":
+        hint = did_you_mean(loc[-1], _fields_at(loc[:-1])) or f"valid keys: {', '.join(_fields_at(loc[:-1]))}"
+        return ToolkitError(f"unknown key '{loc[-1]}'", where=where, key=key, hint=hint)
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
+        message += f" (got {err['input']!r})"
+    return ToolkitError(message, where=where, key=key)
+
+
+def _drop_union_tags(loc: tuple) -> tuple:
+    # pydantic adds the union member's type name to the location ("str", "list[str]"); users never wrote those
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"})))
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Valid key names of the section at `loc` (for did-you-mean)."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _section_type(annotation) -> type | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):  # list[SourceConfig], X | None
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def all_recipe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
+    """Every key a recipe accepts, dotted (`train.max_steps`); `data.sources[].name` for lists."""
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        sub = _section_type(field.annotation)
+        if sub is not None:
+            is_list = "list" in str(field.annotation)
+            keys.extend(all_recipe_keys(sub, f"{dotted}[]." if is_list else f"{dotted}."))
+        else:
+            keys.append(dotted)
+    return keys
