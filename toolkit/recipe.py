@@ -358,7 +358,9 @@ def all_recipe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[s
     for name, field in model.model_fields.items():
         dotted = f"{prefix}{name}"
         sub = _section_type(field.annotation)
-        if sub is not None:
+        if sub is not None and not sub.model_fields:
+            keys.append(dotted)  # a section later issues fill
+        elif sub is not None:
             is_list = "list" in str(field.annotation)
             keys.extend(all_recipe_keys(sub, f"{dotted}[]." if is_list else f"{dotted}."))
         else:

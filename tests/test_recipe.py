@@ -1,0 +1,103 @@
+"""Recipes: validation, extends, --set, did-you-mean, one-line errors with file:line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import ToolkitError
+from toolkit.recipe import all_recipe_keys, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED_KEYS = ["run.output_dir", "run.seed", "train.max_steps", "train.checkpoint_every", "lora.r", "lora.alpha",
+                 "lora.targets", "regime"]
+SECTIONS = ["run", "model", "regime", "lora", "data", "curriculum", "train", "monitor", "dream", "analysis", "logging"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_required_keys_and_sections_exist():
+    keys = all_recipe_keys()
+    for key in REQUIRED_KEYS:
+        assert key in keys
+    for section in SECTIONS:
+        assert any(k == section or k.startswith(section + ".") for k in keys), section
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "run:\n  name: x\ntrain:\n  max_step: 3\n")
+    with pytest.raises(ToolkitError) as err:
+        load_recipe(recipe)
+    line = err.value.one_line()
+    assert f"{recipe}:4" in line and "train.max_step" in line and "did you mean 'max_steps'" in line
+    assert "\n" not in line
+
+
+def test_extends_merges_and_child_wins(tmp_path):
+    write(tmp_path / "base.yaml", "run: {name: base, seed: 7}\ntrain: {max_steps: 10, lr: 0.1}\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\ntrain: {lr: 0.2}\n")
+    recipe = load_recipe(child).recipe
+    assert (recipe.run.name, recipe.run.seed, recipe.train.max_steps, recipe.train.lr) == ("base", 7, 10, 0.2)
+
+
+def test_error_in_parent_names_parent_file(tmp_path):
+    write(tmp_path / "base.yaml", "train:\n  lr: -1\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\n")
+    with pytest.raises(ToolkitError, match=r"base\.yaml:2 train\.lr"):
+        load_recipe(child)
+
+
+def test_extends_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ToolkitError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "train: {max_steps: 10}\n")
+    loaded = load_recipe(recipe, ["train.max_steps=42", "lora.targets=[q_proj, v_proj]", "regime=from_scratch"])
+    assert loaded.recipe.train.max_steps == 42
+    assert loaded.recipe.lora.targets == ["q_proj", "v_proj"]
+    assert loaded.recipe.regime == "from_scratch"
+    with pytest.raises(ToolkitError, match="--set train.max_step.*did you mean 'max_steps'"):
+        load_recipe(recipe, ["train.max_step=4"])
+
+
+def test_semantic_errors(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "train:\n  precision: fp16\n")
+    with pytest.raises(ToolkitError, match="fp16 gives NaN"):
+        load_recipe(recipe)
+    recipe = write(tmp_path / "r2.yaml", "data:\n  sources:\n    - {name: a}\n")
+    with pytest.raises(ToolkitError, match=r"r2\.yaml:3 data\.sources\.0.*exactly one of path, dataset, builtin"):
+        load_recipe(recipe)
+    recipe = write(tmp_path / "r3.yaml", "train: [1, 2\n")
+    with pytest.raises(ToolkitError, match=r"r3\.yaml:\d+: not valid YAML"):
+        load_recipe(recipe)
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_user_error_is_one_line_exit_2(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "trian:\n  max_steps: 3\n")
+    out = run_cli("validate", str(recipe))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "Traceback" not in out.stderr
+    assert f"{recipe}:1" in out.stderr and "did you mean 'train'" in out.stderr
+    debug = run_cli("--debug", "validate", str(recipe))
+    assert "Traceback" in debug.stderr
+
+
+def test_shipped_recipes_validate():
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        out = run_cli("validate", str(recipe.relative_to(REPO)))
+        assert out.returncode == 0, (recipe, out.stderr)

@@ -1,0 +1,133 @@
+"""The `toolkit` command: parse, load the recipe, call one function per command.
+
+A user mistake (`ToolkitError`) prints one line naming the file and key, and exits with code 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from toolkit.errors import EXIT_USER_ERROR, ToolkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Behavioral fine-tuning and interpretability for hybrid and Hugging Face causal LMs.")
+_state = {"debug": False}
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.max_steps=10 (repeatable).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in run.output_dir.")]
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")] = False):
+    _state["debug"] = debug
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOpt = None):
+    """Check a recipe and print it resolved (after `extends` and `--set`)."""
+    from toolkit.recipe import dump_recipe, load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    typer.echo(dump_recipe(loaded.recipe), nl=False)
+    typer.echo(f"# {recipe}: valid", err=True)
+
+
+@app.command()
+def finetune(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False):
+    """Fine-tune a model (LoRA unless lora.enabled is false) through the curriculum."""
+    _train(recipe, set_, resume, "finetune")
+
+
+@app.command()
+def pretrain(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False):
+    """Train every weight of a model, from scratch or from a checkpoint, through the same loop."""
+    _train(recipe, set_, resume, "pretrain")
+
+
+@app.command()
+def demo(recipes_dir: Annotated[Path, typer.Option(help="Where demo-pretrain.yaml and demo.yaml are.")] = Path("recipes")):
+    """Pretrain tiny-hybrid briefly (reused when done before), then LoRA-finetune it on the directive data."""
+    import shutil
+    import subprocess
+    import time
+
+    from toolkit.recipe import load_recipe
+
+    start = time.perf_counter()
+    stages = [("pretrain", recipes_dir / "demo-pretrain.yaml"), ("finetune", recipes_dir / "demo.yaml")]
+    for command, recipe in stages:
+        out = load_recipe(recipe).recipe.output_dir
+        if command == "pretrain" and (out / "model" / "config.json").is_file():
+            typer.echo(f"== reusing the stage-1 model in {out / 'model'}")
+            continue
+        if command == "finetune":
+            shutil.rmtree(out, ignore_errors=True)  # the demo's own directory: every demo run starts fresh
+        resume = ["--resume"] if command == "pretrain" and (out / "checkpoints").is_dir() else []
+        typer.echo(f"== toolkit {command} {recipe} {' '.join(resume)}")
+        code = subprocess.call([sys.executable, "-m", "toolkit", command, str(recipe), *resume])
+        if code:
+            raise SystemExit(code)
+    typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")
+
+
+@app.command()
+def keys():
+    """List every key a recipe accepts."""
+    from toolkit.recipe import all_recipe_keys
+
+    typer.echo("\n".join(all_recipe_keys()))
+
+
+def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str) -> None:
+    from toolkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    _quiet_libraries()
+    from toolkit.train.loop import train
+
+    try:
+        code = train(loaded, command, resume=resume)
+    except ToolkitError as err:
+        if err.key and not err.where:
+            err.where = loaded.where(err.key)
+        raise
+    raise SystemExit(code)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and kernel-fallback notices would bury our own output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except ToolkitError as err:
+        if _state["debug"]:
+            raise
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except click.ClickException as err:
+        err.show()
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""The one training loop, for `toolkit pretrain` and `toolkit finetune`. Read it top to bottom.
+
+Every step draws one global batch from one source (the curriculum picks which), splits it into
+micro-batches of similar length, gives each process its share, and normalizes the loss by the
+global count of target tokens, so 1 process × accumulation and N processes give the same update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from toolkit import lora as lora_lib
+from toolkit.curriculum import SourceSampler
+from toolkit.data.batching import check_batching_supported, collate, micro_batches
+from toolkit.data.sources import load_sources, source_texts
+from toolkit.errors import ToolkitError
+from toolkit.journal import Journal, JsonlWriter
+from toolkit.model import load_model, load_tokenizer, resolve_model_path
+from toolkit.recipe import LoadedRecipe, dump_recipe
+from toolkit.train import checkpoint as ckpt
+from toolkit.train.guard import EXIT_DIVERGED, DivergenceGuard
+from toolkit.train.runinfo import environment_info, flat_hparams
+from toolkit.train.schedule import build_scheduler
+from toolkit.train.progress import Progress
+
+EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
+
+
+def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
+    """Run a recipe; returns the process exit code (0 done, 3 guard stop, 128+N on signal N)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    recipe = loaded.recipe
+    cfg = recipe.train
+    run_dir = recipe.output_dir
+    use_lora = command == "finetune" and recipe.lora.enabled
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=_mixed_precision(cfg.precision),
+        log_with=recipe.logging.trackers or None,
+        project_dir=str(run_dir),
+    )
+    is_main = accelerator.is_main_process
+    set_seed(recipe.run.seed)
+
+    resume_from = _resume_point(run_dir, resume)
+    journal = Journal(run_dir / "journal.jsonl", enabled=is_main)
+    metrics = JsonlWriter(run_dir / "metrics.jsonl", enabled=is_main)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
+        (run_dir / "environment.json").write_text(environment_info())
+
+    # ---- model, tokenizer, data
+    with accelerator.main_process_first():
+        base_path = resolve_model_path(
+            recipe.model, run_dir / "base-model", lambda: source_texts(recipe.data), recipe.run.seed
+        )
+    tokenizer = load_tokenizer(base_path, recipe.model)
+    model = load_model(base_path, recipe.model)
+    check_batching_supported(recipe.data.batching, model)
+    if use_lora:
+        model = lora_lib.attach_lora(model, recipe.lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    sources = load_sources(recipe.data, tokenizer, recipe.run.seed)
+    if not sources:
+        raise ToolkitError("the recipe names no data sources", key="data.sources")
+    sampler = SourceSampler(sources, recipe.curriculum.sampler, recipe.run.seed)
+    guard = DivergenceGuard(recipe.regime, model.config.vocab_size)
+
+    # ---- optimizer; restore everything from the checkpoint before the first step
+    model.to(accelerator.device)
+    optimizer = _adamw(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    components = {"sources": sources, "sampler": sampler, "guard": guard}
+    start_step = 0
+    if resume_from is not None:
+        start_step = _restore(resume_from, model, optimizer, scheduler, components)
+        journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path))
+    else:
+        journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir))
+    train_model = accelerator.prepare(model)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    if is_main:
+        accelerator.init_trackers(recipe.run.name, config=flat_hparams(loaded.resolved))
+
+    def save(step: int) -> Path | None:
+        path = None
+        if is_main:
+            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora, cfg)
+            journal.event(step, "checkpoint", path=str(path))
+        accelerator.wait_for_everyone()
+        return path
+
+    def stop(step: int, reason: str, code: int) -> int:
+        path = save(step)
+        journal.event(step, "guard_stop" if code == EXIT_DIVERGED else "signal_stop", "critical",
+                      reason=reason, checkpoint=str(path), resume=f"toolkit {command} {loaded.path} --resume")
+        accelerator.print(f"stopped at step {step}: {reason}; checkpoint {path}")
+        accelerator.end_training()
+        return code
+
+    def evaluate(step: int) -> str | None:
+        val = _validation_loss(model, sources, cfg.batch_size, recipe.data.batching, tokenizer.pad_token_id)
+        if val is None:
+            return None
+        metrics.write({"step": step, "val_loss": val["all"], "val_loss_by_source": val["by_source"]})
+        accelerator.log({"val/loss": val["all"]}, step=step)
+        return guard.check_val_loss(val["all"]) if cfg.divergence_guard else None
+
+    signals = _SignalFlag()
+    if start_step == 0 and (reason := evaluate(0)):
+        return stop(0, reason, EXIT_DIVERGED)
+
+    # ---- the loop
+    progress = Progress(cfg.max_steps, start_step, enabled=is_main and recipe.logging.progress)
+    train_model.train()
+    for step in range(start_step, cfg.max_steps):
+        t0 = time.perf_counter()
+        source = sampler.pick(step)
+        examples = source.next_examples(global_batch)
+        batches = micro_batches(examples, cfg.batch_size, recipe.data.batching)[rank::world]
+        target_tokens = sum(_target_count(e.labels) for e in examples)
+        local_loss = torch.zeros((), device=accelerator.device)
+        for i, batch_examples in enumerate(batches):
+            batch = {k: v.to(accelerator.device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()}
+            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(train_model)
+            with sync, accelerator.autocast():
+                loss_sum = _token_loss_sum(train_model, batch)
+                accelerator.backward(loss_sum * world / max(target_tokens, 1))  # DDP averages over ranks
+            local_loss += loss_sum.detach()
+        loss = (accelerator.reduce(local_loss, "sum") / max(target_tokens, 1)).item()
+        done = step + 1
+
+        if cfg.divergence_guard and (reason := guard.check_train_loss(loss)):
+            optimizer.zero_grad(set_to_none=True)  # keep the last finite weights
+            return stop(step, reason, EXIT_DIVERGED)
+        grad_norm = _clip(accelerator, model, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        sampler.observe(source, loss)
+
+        tokens = sum(len(e) for e in examples)
+        seconds = time.perf_counter() - t0
+        row = {"step": done, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+               "source": source.name, "tokens": tokens, "tokens_per_s": tokens / seconds, "time": time.time()}
+        metrics.write(row)
+        accelerator.log({"train/loss": loss, "train/lr": row["lr"], "train/grad_norm": grad_norm,
+                         "train/tokens_per_s": row["tokens_per_s"]}, step=done)
+        progress.update(done, loss=loss, tokens_per_s=row["tokens_per_s"], lr=row["lr"])
+
+        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+            if reason := evaluate(done):
+                progress.close()
+                return stop(done, reason, EXIT_DIVERGED)
+        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+            save(done)
+        if signum := signals.received(accelerator):
+            progress.close()
+            return stop(done, f"received {signal.Signals(signum).name}", EXIT_SIGNAL_BASE + signum)
+
+    progress.close()
+    outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main)
+    journal.event(cfg.max_steps, "run_end", outputs=outputs)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if is_main:
+        _print_outputs(accelerator, run_dir, outputs)
+    return 0
+
+
+# ---------------------------------------------------------------- pieces of a step
+
+
+def _token_loss_sum(model, batch) -> torch.Tensor:
+    """Summed next-token cross-entropy over target tokens (labels != -100)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+    )
+
+
+def _target_count(labels: list[int]) -> int:
+    return sum(1 for label in labels[1:] if label != -100)
+
+
+def _clip(accelerator, model, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    norm = accelerator.clip_grad_norm_(params, max_norm if max_norm else math.inf)
+    return float(norm)
+
+
+def _adamw(model, cfg) -> torch.optim.AdamW:
+    """AdamW; no weight decay on 1-D parameters (norms, biases, GDN gates)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+@torch.no_grad()
+def _validation_loss(model, sources, batch_size: int, batching: str, pad_id: int) -> dict | None:
+    was_training = model.training
+    model.eval()
+    totals, by_source = [0.0, 0], {}
+    for source in sources:
+        loss_sum, count = 0.0, 0
+        for batch_examples in micro_batches(source.val, batch_size, batching):
+            batch = {k: v.to(next(model.parameters()).device) for k, v in collate(batch_examples, pad_id).items()}
+            loss_sum += _token_loss_sum(model, batch).item()
+            count += sum(_target_count(e.labels) for e in batch_examples)
+        if count:
+            by_source[source.name] = loss_sum / count
+            totals[0] += loss_sum
+            totals[1] += count
+    model.train(was_training)
+    if not totals[1]:
+        return None
+    return {"all": totals[0] / totals[1], "by_source": by_source}
+
+
+def _mixed_precision(precision: str) -> str:
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return "bf16"
+    return "no"  # fp32: CPUs, and GPUs without bf16 (never fp16: GDN layers give NaN)
+
+
+class _SignalFlag:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the step and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def received(self, accelerator) -> int:
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], device=accelerator.device)
+        return int(accelerator.reduce(flag, "max").item())  # every rank stops at the same step
+
+
+# ---------------------------------------------------------------- checkpoints and outputs
+
+
+def _resume_point(run_dir: Path, resume: bool) -> Path | None:
+    latest = ckpt.latest_checkpoint(run_dir)
+    if resume and latest is None:
+        raise ToolkitError("nothing to resume: no complete checkpoint", where=str(ckpt.checkpoints_dir(run_dir)))
+    if not resume and latest is not None:
+        raise ToolkitError(
+            "run directory already holds checkpoints", key="run.output_dir",
+            hint="pass --resume to continue it, or choose another run.output_dir",
+        )
+    return latest
+
+
+def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora, cfg) -> Path:
+    def export(directory: Path) -> None:
+        if use_lora:
+            lora_lib.save_adapter(model, directory / "adapter")
+        else:
+            model.save_pretrained(directory / "model", safe_serialization=True)
+            tokenizer.save_pretrained(directory / "model")
+
+    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
+    states = {name: part.state_dict() for name, part in components.items() if name != "sources"}
+    states["sources"] = {s.name: s.state_dict() for s in components["sources"]}
+    return ckpt.save_checkpoint(
+        run_dir, step, lora_lib.trainable_state_dict(model), training_state, {"components": states}, export, cfg.keep_last
+    )
+
+
+def _restore(path: Path, model, optimizer, scheduler, components) -> int:
+    trainable, training_state, state = ckpt.load_checkpoint(path)
+    lora_lib.load_trainable_state_dict(model, trainable)
+    optimizer.load_state_dict(training_state["optimizer"])
+    scheduler.load_state_dict(training_state["scheduler"])
+    ckpt.set_rng_state(training_state["rng"])
+    saved = state["components"]
+    for source in components["sources"]:
+        if source.name in saved["sources"]:
+            source.load_state_dict(saved["sources"][source.name])
+    for name, part in components.items():
+        if name != "sources" and name in saved:
+            part.load_state_dict(saved[name])
+    return int(state["step"])
+
+
+def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool, is_main: bool) -> dict:
+    outputs = {"adapter" if use_lora else "model": str(run_dir / ("adapter" if use_lora else "model"))}
+    if merged and use_lora:
+        outputs["merged"] = str(run_dir / "merged")
+    if not is_main:
+        return outputs
+    if use_lora:
+        lora_lib.save_adapter(model, run_dir / "adapter")
+        tokenizer.save_pretrained(run_dir / "adapter")
+        if merged:
+            lora_lib.export_merged(model, tokenizer, run_dir / "merged")
+    else:
+        model.save_pretrained(run_dir / "model", safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / "model")
+    return outputs
+
+
+def _print_outputs(accelerator, run_dir: Path, outputs: dict) -> None:
+    lines = [f"run directory   {run_dir}"]
+    lines += [f"{name:<15} {path}" for name, path in outputs.items()]
+    lines += [
+        f"metrics         {run_dir / 'metrics.jsonl'}",
+        f"journal         {run_dir / 'journal.jsonl'}",
+        f"checkpoints     {ckpt.checkpoints_dir(run_dir)}",
+        f"tensorboard     tensorboard --logdir {run_dir}",
+    ]
+    accelerator.print("\n".join(lines))
