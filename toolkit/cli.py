@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -105,6 +106,7 @@ def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str
 def _quiet_libraries() -> None:
     """Library progress bars and kernel-fallback notices would bury our own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside peft/transformers
     import datasets
     import transformers
 
