@@ -88,6 +88,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
         journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path))
     else:
         journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir))
+    journal.event(start_step, "data", sources={
+        s.name: {"train": len(s.train), "val": len(s.val), "tier": s.tier, "bad_lines_skipped": s.bad_lines,
+                 "too_long_skipped": s.skipped} for s in sources})
     train_model = accelerator.prepare(model)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
