@@ -106,15 +106,68 @@ def test_conversation_without_assistant_turn_is_an_error(tok):
     assert info.value.where == "c.jsonl:2"
 
 
-def test_template_without_generation_markers_is_an_error(tiny_model_dir):
+def tok_with(tiny_model_dir, template):
     from toolkit.model import load_tokenizer
 
-    plain = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    tok = load_tokenizer(str(tiny_model_dir), ModelConfig(name_or_path=str(tiny_model_dir), chat_template=plain))
-    with pytest.raises(ToolkitError) as info:
+    return load_tokenizer(str(tiny_model_dir), ModelConfig(name_or_path=str(tiny_model_dir), chat_template=template))
+
+
+def unmarked(template):
+    return template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+
+
+def test_template_without_generation_markers_falls_back_to_turn_by_turn_rendering(tok, tiny_model_dir):
+    from toolkit.model import CHAT_TEMPLATE
+
+    plain = tok_with(tiny_model_dir, unmarked(CHAT_TEMPLATE))
+    assert "{% generation %}" not in plain.chat_template and "{% generation %}" in CHAT_TEMPLATE
+    two_turns = {"messages": CHAT["messages"][1:3] + CHAT["messages"][3:5]}
+    for record in (CHAT, PROMPT_RESPONSE, two_turns):
+        for train_on in ("all", "last"):
+            marked = example_from_record(record, tok, fmt="auto", text_field="text", strip_instructions=False,
+                                         max_length=512, source="s", tier=2, where="w", train_on=train_on)
+            fallback = example_from_record(record, plain, fmt="auto", text_field="text", strip_instructions=False,
+                                           max_length=512, source="s", tier=2, where="w", train_on=train_on)
+            assert fallback.input_ids == marked.input_ids and fallback.labels == marked.labels
+    assert labeled_text(make(CHAT, plain), plain) == "the quick brown fox<|im_end|>the lazy dog sleeps<|im_end|>"
+    with pytest.raises(ToolkitError, match="no assistant message"):
+        make({"messages": [{"role": "user", "content": "hi"}]}, plain)
+
+
+def test_template_that_rewrites_earlier_turns_is_an_error(tiny_model_dir):
+    from toolkit.model import CHAT_TEMPLATE
+
+    # like templates that strip <think> blocks from earlier turns: earlier assistant turns render shorter
+    rewriting = unmarked(CHAT_TEMPLATE).replace("message['content'] + '<|im_end|>' }}",
+                                                "(message['content'] if loop.last else 'x') + '<|im_end|>' }}", 1)
+    assert rewriting != unmarked(CHAT_TEMPLATE)
+    tok = tok_with(tiny_model_dir, rewriting)
+    with pytest.raises(ToolkitError, match="cannot locate") as info:
         make(CHAT, tok, where="c.jsonl:1")
     assert info.value.where == "c.jsonl:1"
     assert "{% generation %}" in info.value.hint and "model.chat_template" in info.value.hint
+    assert "CHAT_TEMPLATE" in info.value.hint
+
+
+def test_train_on_last_labels_only_the_final_assistant_turn(tok, tiny_model_dir, tmp_path):
+    three = {"messages": [
+        {"role": "user", "content": "Give me item 3"},
+        {"role": "assistant", "content": "the quick brown fox"},
+        {"role": "user", "content": "no, not that"},
+        {"role": "assistant", "content": "the cat sleeps"},
+        {"role": "user", "content": "and the dog?"},
+        {"role": "assistant", "content": "the lazy dog sleeps"},
+    ]}
+    last = example_from_record(three, tok, fmt="auto", text_field="text", strip_instructions=False, max_length=512,
+                               source="s", tier=3, where="w", train_on="last")
+    assert labeled_text(last, tok) == "the lazy dog sleeps<|im_end|>"
+    assert last.input_ids == make(three, tok).input_ids  # earlier turns stay as context
+    assert "the quick brown fox" in tok.decode(last.input_ids)
+    # the recipe option reaches the examples through load_sources
+    cfg = SourceConfig(name="d", path=str(write_jsonl(tmp_path / "d.jsonl", [three])), train_on="last")
+    (source,) = load_sources(DataConfig(sources=[cfg], val_fraction=0.0), tok, seed=0)
+    assert labeled_text(source.train[0], tok) == "the lazy dog sleeps<|im_end|>"
+    assert SourceConfig(name="x", path="p").train_on == "all"
 
 
 def test_strip_instructions_removes_the_system_prompt(tok):

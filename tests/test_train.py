@@ -33,7 +33,7 @@ def chat_rows(n: int) -> list[dict]:
     return rows
 
 
-def write_recipe(tmp: Path, model_dir: Path, name: str, **train) -> Path:
+def write_recipe(tmp: Path, model_dir: Path, name: str, dropout: float = 0.1, **train) -> Path:
     data = tmp / "chat.jsonl"
     if not data.exists():
         data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(48)))
@@ -45,7 +45,7 @@ def write_recipe(tmp: Path, model_dir: Path, name: str, **train) -> Path:
     recipe = {
         "run": {"name": name, "output_dir": str(tmp / name), "seed": 3},
         "model": {"name_or_path": str(model_dir)},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targets": "hybrid-all"},
+        "lora": {"r": 4, "alpha": 8, "dropout": dropout, "targets": "hybrid-all"},
         "data": {"max_length": 64, "val_fraction": 0.1, "sources": [
             {"name": "chat", "path": str(data), "strip_instructions": True},
             {"name": "prose", "path": str(tmp / "prose.jsonl")}]},
@@ -203,9 +203,10 @@ def test_divergence_guard_stops_the_run_with_a_checkpoint(work, tiny_model_dir):
 
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs a CPU count")
 def test_two_processes_match_one_with_the_same_global_batch(work, tiny_model_dir):
-    single = write_recipe(work, tiny_model_dir, "single", max_steps=6, batch_size=2, grad_accum=2,
+    # dropout 0: each process draws its own dropout masks, so only a deterministic forward can match
+    single = write_recipe(work, tiny_model_dir, "single", dropout=0.0, max_steps=6, batch_size=2, grad_accum=2,
                           checkpoint_every=6, eval_every=6)
-    double = write_recipe(work, tiny_model_dir, "double", max_steps=6, batch_size=2, grad_accum=1,
+    double = write_recipe(work, tiny_model_dir, "double", dropout=0.0, max_steps=6, batch_size=2, grad_accum=1,
                           checkpoint_every=6, eval_every=6)
     run_toolkit("finetune", str(single))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
@@ -213,6 +214,8 @@ def test_two_processes_match_one_with_the_same_global_batch(work, tiny_model_dir
               "-m", "toolkit", "finetune", str(double)]
     out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
+    start = [e for e in read_jsonl(work / "double" / "journal.jsonl") if e["kind"] == "run_start"][0]
+    assert start["data"]["processes"] == 2, "accelerate started one process"
     one, two = losses(work / "single"), losses(work / "double")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:

@@ -90,7 +90,11 @@ def keys():
 def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str) -> None:
     from toolkit.recipe import load_recipe
 
+    from toolkit.launch import relaunch_on_cpu_processes, requested_cpu_processes
+
     loaded = load_recipe(recipe, overrides)
+    if (processes := requested_cpu_processes()) > 1:
+        relaunch_on_cpu_processes(processes)
     _quiet_libraries()
     from toolkit.train.loop import train
 

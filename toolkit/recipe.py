@@ -81,6 +81,9 @@ class SourceConfig(Section):
     tags: list[str] = []
     weight: float = Field(1.0, gt=0)
     strip_instructions: bool = False  # drop system prompt/constitution from the training context
+    # which assistant turns carry loss; "last" for multi-turn data whose earlier assistant turns are
+    # counter-examples (e.g. tier-3 directive data where the user declines an earlier suggestion)
+    train_on: Literal["all", "last"] = "all"
     on_bad_line: Literal["error", "skip"] = "error"
     max_examples: int | None = Field(None, ge=1)
 

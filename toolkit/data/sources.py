@@ -191,7 +191,7 @@ def load_sources(data_cfg: DataConfig, tokenizer, seed: int) -> list[Source]:
         for where, record in records:
             ex = example_from_record(record, tokenizer, fmt=cfg.format, text_field=cfg.text_field,
                                      strip_instructions=cfg.strip_instructions, max_length=data_cfg.max_length,
-                                     source=cfg.name, tier=cfg.tier, where=where)
+                                     source=cfg.name, tier=cfg.tier, where=where, train_on=cfg.train_on)
             if ex is None:
                 skipped += 1
             else:

@@ -87,7 +87,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
         start_step = _restore(resume_from, model, optimizer, scheduler, components)
         journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path))
     else:
-        journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir))
+        journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir),
+                      processes=accelerator.num_processes, device=str(accelerator.device))
     journal.event(start_step, "data", sources={
         s.name: {"train": len(s.train), "val": len(s.val), "tier": s.tier, "bad_lines_skipped": s.bad_lines,
                  "too_long_skipped": s.skipped} for s in sources})
