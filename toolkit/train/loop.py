@@ -42,6 +42,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
     cfg = recipe.train
     run_dir = recipe.output_dir
     use_lora = command == "finetune" and recipe.lora.enabled
+    _check_trackers(recipe.logging.trackers)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=_mixed_precision(cfg.precision),
@@ -234,6 +235,15 @@ def _validation_loss(model, sources, batch_size: int, batching: str, pad_id: int
     if not totals[1]:
         return None
     return {"all": totals[0] / totals[1], "by_source": by_source}
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    import importlib.util
+
+    for name in trackers:
+        if importlib.util.find_spec(name) is None:
+            raise ToolkitError(f"tracker '{name}' is not installed", key="logging.trackers",
+                               hint=f"pip install {name}, or remove it from logging.trackers")
 
 
 def _mixed_precision(precision: str) -> str:
