@@ -362,3 +362,16 @@ def test_source_without_usable_examples_is_an_error(tmp_path, tok):
     data = DataConfig(sources=[SourceConfig(name="e", path=str(empty), on_bad_line="skip")])
     with pytest.raises(ToolkitError, match="no usable training examples"):
         load_sources(data, tok, seed=0)
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_line(tmp_path):
+    from toolkit.data.sources import read_records
+    from toolkit.errors import ToolkitError
+    from toolkit.recipe import SourceConfig
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n{"text": "also fine"}\n')
+    with pytest.raises(ToolkitError, match=r"mixed\.jsonl:2: not UTF-8"):
+        read_records(SourceConfig(name="m", path=str(path)), 0)
+    records = read_records(SourceConfig(name="m", path=str(path), on_bad_line="skip"), 0)
+    assert len(records) == 2 and records.bad_lines == 1

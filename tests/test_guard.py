@@ -46,3 +46,11 @@ def test_state_round_trip():
     other = DivergenceGuard("finetune", 100)
     other.load_state_dict(guard.state_dict())
     assert other.check_val_loss(4.5) is not None  # remembers the previous 2.0
+
+
+def test_a_failed_check_is_not_remembered_so_resume_is_judged_again():
+    guard = DivergenceGuard("finetune", 100)
+    assert guard.check_val_loss(50.0)
+    resumed = DivergenceGuard("finetune", 100)
+    resumed.load_state_dict(guard.state_dict())
+    assert resumed.check_val_loss(50.0), "a resumed run must not take the failing loss as its baseline"

@@ -70,6 +70,16 @@ def test_set_overrides_parse_yaml_values(tmp_path):
         load_recipe(recipe, ["train.max_step=4"])
 
 
+def test_set_reaches_list_items(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "data:\n  sources:\n    - {name: a, path: a.jsonl}\n")
+    loaded = load_recipe(recipe, ["data.sources.0.path=b.jsonl", "data.sources.0.tier=2"])
+    assert (loaded.recipe.data.sources[0].path, loaded.recipe.data.sources[0].tier) == ("b.jsonl", 2)
+    with pytest.raises(ToolkitError, match="not an index"):
+        load_recipe(recipe, ["data.sources.3.path=c.jsonl"])
+    with pytest.raises(ToolkitError, match="--set data.sources.0.tier.*less than or equal to 3"):
+        load_recipe(recipe, ["data.sources.0.tier=7"])
+
+
 def test_semantic_errors(tmp_path):
     recipe = write(tmp_path / "r.yaml", "train:\n  precision: fp16\n")
     with pytest.raises(ToolkitError, match="fp16 gives NaN"):

@@ -57,10 +57,12 @@ def pretrain(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False):
 def demo(recipes_dir: Annotated[Path, typer.Option(help="Where demo-pretrain.yaml and demo.yaml are.")] = Path("recipes")):
     """Pretrain tiny-hybrid briefly (reused when done before), then LoRA-finetune it on the directive data."""
     import shutil
+    import signal
     import subprocess
     import time
 
     from toolkit.recipe import load_recipe
+    from toolkit.train.checkpoint import latest_checkpoint
 
     start = time.perf_counter()
     stages = [("pretrain", recipes_dir / "demo-pretrain.yaml"), ("finetune", recipes_dir / "demo.yaml")]
@@ -71,9 +73,12 @@ def demo(recipes_dir: Annotated[Path, typer.Option(help="Where demo-pretrain.yam
             continue
         if command == "finetune":
             shutil.rmtree(out, ignore_errors=True)  # the demo's own directory: every demo run starts fresh
-        resume = ["--resume"] if command == "pretrain" and (out / "checkpoints").is_dir() else []
+        resume = ["--resume"] if command == "pretrain" and latest_checkpoint(out) else []
         typer.echo(f"== toolkit {command} {recipe} {' '.join(resume)}")
-        code = subprocess.call([sys.executable, "-m", "toolkit", command, str(recipe), *resume])
+        child = subprocess.Popen([sys.executable, "-m", "toolkit", command, str(recipe), *resume])
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which checkpoints
+        code = child.wait()
+        signal.signal(signal.SIGINT, previous)
         if code:
             raise SystemExit(code)
     typer.echo(f"demo finished in {time.perf_counter() - start:.0f} s")
@@ -90,11 +95,11 @@ def keys():
 def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str) -> None:
     from toolkit.recipe import load_recipe
 
-    from toolkit.launch import relaunch_on_cpu_processes, requested_cpu_processes
+    from toolkit.launch import requested_cpu_processes, run_cpu_processes
 
     loaded = load_recipe(recipe, overrides)
     if (processes := requested_cpu_processes()) > 1:
-        relaunch_on_cpu_processes(processes)
+        raise SystemExit(run_cpu_processes(processes))
     _quiet_libraries()
     from toolkit.train.loop import train
 
@@ -103,6 +108,8 @@ def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str
     except ToolkitError as err:
         if err.key and not err.where:
             err.where = loaded.where(err.key)
+            if err.where.startswith("--set"):
+                err.key = None  # the override already names it
         raise
     raise SystemExit(code)
 

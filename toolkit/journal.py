@@ -15,7 +15,7 @@ SEVERITIES = ("info", "warn", "high", "critical")
 
 
 class JsonlWriter:
-    """Append JSON objects to a file, one a line, flushed and fsynced per record."""
+    """Append JSON objects to a file, one a line, flushed per record."""
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)

@@ -2,31 +2,36 @@
 
 accelerate's `--cpu` path starts one process and leaves multi-process CPU runs to MPI (mpirun and a
 hostfile). Without them, a user asking for N CPU processes would silently train on one. We recognise
-that case (the launcher sets ACCELERATE_USE_CPU and MASTER_ADDR but no RANK), read N from the launch
-command, and re-run ourselves under torch's own launcher, which is what `--multi_gpu` does on GPUs.
+that case (the launcher sets ACCELERATE_USE_CPU and MASTER_ADDR, but no rank variable), read N from
+the launch command, and start the N ranks ourselves, passing on their exit code (0, 2, 3, 128+N).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
 
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # torchrun, Open MPI, Intel MPI
+
 
 def requested_cpu_processes() -> int:
     """N when accelerate's --cpu launcher was asked for N > 1 processes and started only us; else 1."""
     env = os.environ
-    if env.get("ACCELERATE_USE_CPU", "").lower() != "true" or "MASTER_ADDR" not in env or "RANK" in env:
+    if env.get("ACCELERATE_USE_CPU", "").lower() != "true" or "MASTER_ADDR" not in env:
+        return 1
+    if any(name in env for name in RANK_VARIABLES):
         return 1
     launcher = _parent_argv()
-    for flag in ("--num_processes", "--num-processes"):
-        for i, arg in enumerate(launcher):
-            if arg == flag and i + 1 < len(launcher):
-                return int(launcher[i + 1])
-            if arg.startswith(flag + "="):
-                return int(arg.split("=", 1)[1])
+    for i, arg in enumerate(launcher):
+        if arg in ("--num_processes", "--num-processes") and i + 1 < len(launcher):
+            return int(launcher[i + 1])
+        if arg.startswith(("--num_processes=", "--num-processes=")):
+            return int(arg.split("=", 1)[1])
     raise ToolkitError(
         "accelerate launch --cpu asked for several processes but started one",
         where="accelerate launch",
@@ -34,12 +39,22 @@ def requested_cpu_processes() -> int:
     )
 
 
-def relaunch_on_cpu_processes(n: int) -> None:
-    """Replace this process with torch's launcher running N copies of the same toolkit command."""
-    port = os.environ.get("MASTER_PORT", "29500")
-    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
-            f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={port}", "-m", "toolkit", *sys.argv[1:]]
-    os.execv(sys.executable, args)
+def run_cpu_processes(n: int) -> int:
+    """Run N copies of this toolkit command as ranks 0..N-1; return the first non-zero exit code."""
+    children = []
+    for rank in range(n):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(n),
+               "LOCAL_WORLD_SIZE": str(n), "MASTER_PORT": os.environ.get("MASTER_PORT", "29500")}
+        children.append(subprocess.Popen([sys.executable, "-m", "toolkit", *sys.argv[1:]], env=env))
+
+    def forward(signum, frame):
+        for child in children:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return next((code for code in codes if code), 0)
 
 
 def _parent_argv() -> list[str]:

@@ -91,8 +91,9 @@ def build_tiny_hybrid(cfg: TinyHybridConfig, texts: Iterable[str], out_dir: Path
 
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    torch.manual_seed(seed)
-    model = Qwen3_5ForCausalLM(tiny_hybrid_config(cfg, tokenizer))
+    with torch.random.fork_rng():  # seed the init without moving the caller's RNG (ranks must stay alike)
+        torch.manual_seed(seed)
+        model = Qwen3_5ForCausalLM(tiny_hybrid_config(cfg, tokenizer))
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = out_dir.with_name(out_dir.name + ".tmp")

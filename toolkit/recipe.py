@@ -7,6 +7,7 @@ Relative paths in a recipe are taken from the working directory, as in Axolotl a
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,9 +136,7 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     keep_last: int = Field(3, ge=1)
     eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(4, ge=1)
     divergence_guard: bool = True
-    log_every: int = Field(1, ge=1)
 
     @field_validator("precision")
     @classmethod
@@ -164,7 +163,7 @@ Tracker = Literal["tensorboard", "wandb", "mlflow"]
 
 class LoggingConfig(Section):
     trackers: list[Tracker] = ["tensorboard"]
-    project: str | None = None
+    project: str | None = None  # tracker project name; default run.name
     progress: bool = True
 
 
@@ -193,8 +192,9 @@ class Recipe(Section):
 class LoadedRecipe:
     """A validated recipe plus where each key came from (for errors raised after validation)."""
 
-    def __init__(self, recipe: Recipe, path: Path, locations: dict[tuple, str], resolved: dict):
+    def __init__(self, recipe: Recipe, path: Path, locations: dict[tuple, str], resolved: dict, overrides=()):
         self.recipe = recipe
+        self.overrides = list(overrides)
         self.path = path
         self.locations = locations
         self.resolved = resolved
@@ -203,6 +203,11 @@ class LoadedRecipe:
         """file:line where the dotted `key` ("data.sources.0.path") is set, or the recipe file."""
         parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
         return locate(self.locations, parts, self.path)
+
+    def command_line(self, command: str) -> str:
+        """The command that reruns this recipe with the same overrides (for journal hints)."""
+        sets = " ".join(f"--set {shlex.quote(o)}" for o in self.overrides)
+        return f"toolkit {command} {shlex.quote(str(self.path))} {sets}".strip()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
@@ -215,7 +220,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _as_toolkit_error(exc, locations, path) from None
-    return LoadedRecipe(recipe, path, locations, recipe.model_dump(mode="json", exclude={"extends"}))
+    return LoadedRecipe(recipe, path, locations, recipe.model_dump(mode="json", exclude={"extends"}), overrides or ())
+
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -283,21 +289,23 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
     if "=" not in item:
         raise ToolkitError(f"--set expects key.path=value, got '{item}'", where="--set")
     dotted, raw = item.split("=", 1)
-    keys = dotted.strip().split(".")
+    keys = [int(k) if k.isdigit() else k for k in dotted.strip().split(".")]
+    where = f"--set {dotted}"
     node = data
-    for i, key in enumerate(keys[:-1]):
-        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-            continue
-        if not isinstance(node.get(key, {}), dict):
-            raise ToolkitError(f"'{'.'.join(keys[: i + 1])}' is not a section", where=f"--set {dotted}")
-        node = node.setdefault(key, {})
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    if isinstance(node, list):
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
-    locations[tuple(int(k) if k.isdigit() else k for k in keys)] = f"--set {dotted}"
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ToolkitError(f"'{key}' is not an index of the {len(node)}-item list", where=where)
+        elif not isinstance(node, dict) or isinstance(key, int):
+            raise ToolkitError(f"'{'.'.join(map(str, keys[:i]))}' is not a section", where=where)
+        if last:
+            node[key] = yaml.safe_load(raw) if raw.strip() else ""
+        elif isinstance(node, dict):
+            node = node.setdefault(key, {})
+        else:
+            node = node[key]
+    locations[tuple(keys)] = where
 
 
 def locate(locations: dict, key_path: tuple, default: Path) -> str:

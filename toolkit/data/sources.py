@@ -61,16 +61,18 @@ def read_records(src: SourceConfig, index: int) -> Records:
 
 def _read_jsonl(path: Path, src: SourceConfig) -> Records:
     out = Records()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is a bad line like any other
+        for lineno, raw in enumerate(f, start=1):
             if src.max_examples and len(out) >= src.max_examples:
                 break
-            if not line.strip():
+            if not raw.strip():
                 continue  # blank lines (a trailing newline, spacing) are not records
             where = f"{path}:{lineno}"
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
                 problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+            except UnicodeDecodeError as exc:
+                problem = f"not UTF-8 text (byte {exc.start + 1})"
             except json.JSONDecodeError as exc:
                 problem = f"not valid JSON: {exc.msg} (column {exc.colno})"
             if problem is None:
@@ -85,7 +87,11 @@ def _read_jsonl(path: Path, src: SourceConfig) -> Records:
 def _read_txt(path: Path) -> list[tuple[str, dict]]:
     """One record per blank-line-separated paragraph; `where` is the paragraph's first line."""
     rows, para, start = [], [], 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines() + [""], start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"not UTF-8 text (byte {exc.start + 1})", where=str(path)) from None
+    for lineno, line in enumerate(lines + [""], start=1):
         if line.strip():
             start = start or lineno
             para.append(line)

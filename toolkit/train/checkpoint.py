@@ -61,9 +61,14 @@ def save_checkpoint(
     if export is not None:
         export(tmp)
     _fsync_tree(tmp)
-    if final.exists():  # a re-save of the same step (e.g. final step after a signal)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # re-saving a step: move the old one aside first, so step-N always exists
+        old = root / f".step-{step}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
     for _, old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -72,7 +77,7 @@ def save_checkpoint(
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     path = Path(path)
     trainable = load_file(path / "trainable.safetensors")
-    training_state = torch.load(path / "training_state.pt", weights_only=True)
+    training_state = torch.load(path / "training_state.pt", weights_only=True, map_location="cpu")
     components = json.loads((path / "state.json").read_text())
     return trainable, training_state, components
 

@@ -35,8 +35,14 @@ class DivergenceGuard:
         return None
 
     def check_val_loss(self, loss: float) -> str | None:
+        """A loss enters the history only when it passes, so a resumed run is judged against a good one."""
+        reason = self._verdict(loss)
+        if reason is None:
+            self.val_history.append(loss)
+        return reason
+
+    def _verdict(self, loss: float) -> str | None:
         previous = self.val_history[-1] if self.val_history else None
-        self.val_history.append(loss)
         if not math.isfinite(loss):
             return f"INV-TRAIN-005: validation loss is {loss}"
         if previous is None:

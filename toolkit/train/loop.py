@@ -36,7 +36,7 @@ EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
 def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
     """Run a recipe; returns the process exit code (0 done, 3 guard stop, 128+N on signal N)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
 
     recipe = loaded.recipe
     cfg = recipe.train
@@ -66,7 +66,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
             recipe.model, run_dir / "base-model", lambda: source_texts(recipe.data), recipe.run.seed
         )
     tokenizer = load_tokenizer(base_path, recipe.model)
-    model = load_model(base_path, recipe.model)
+    # LoRA on a bf16 GPU run keeps the frozen base in bf16 (peft keeps the adapter in fp32)
+    weights_dtype = torch.bfloat16 if use_lora and accelerator.mixed_precision == "bf16" else torch.float32
+    model = load_model(base_path, recipe.model, dtype=weights_dtype)
     check_batching_supported(recipe.data.batching, model)
     if use_lora:
         model = lora_lib.attach_lora(model, recipe.lora)
@@ -85,32 +87,41 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
     components = {"sources": sources, "sampler": sampler, "guard": guard}
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, model, optimizer, scheduler, components)
-        journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path))
+        start_step = _restore(resume_from, model, optimizer, scheduler, components, accelerator.process_index)
+        journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path),
+                      processes=accelerator.num_processes)
     else:
         journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir),
                       processes=accelerator.num_processes, device=str(accelerator.device))
     journal.event(start_step, "data", sources={
         s.name: {"train": len(s.train), "val": len(s.val), "tier": s.tier, "bad_lines_skipped": s.bad_lines,
                  "too_long_skipped": s.skipped} for s in sources})
+    if cfg.divergence_guard and not any(s.val for s in sources):
+        journal.event(start_step, "guard_off", "warn", reason="no validation examples (data.val_fraction is 0)")
     train_model = accelerator.prepare(model)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if is_main:
-        accelerator.init_trackers(recipe.run.name, config=flat_hparams(loaded.resolved))
+        accelerator.init_trackers(recipe.logging.project or recipe.run.name, config=flat_hparams(loaded.resolved))
+    saved = {"step": -1, "path": None}
 
     def save(step: int) -> Path | None:
+        if saved["step"] == step:  # e.g. a signal right after a scheduled checkpoint
+            return saved["path"]
+        rngs = gather_object([ckpt.rng_state()])  # every rank's, so dropout continues exactly
         path = None
         if is_main:
-            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora, cfg)
+            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora,
+                                    rngs, cfg)
             journal.event(step, "checkpoint", path=str(path))
         accelerator.wait_for_everyone()
+        saved.update(step=step, path=path)
         return path
 
     def stop(step: int, reason: str, code: int) -> int:
         path = save(step)
         journal.event(step, "guard_stop" if code == EXIT_DIVERGED else "signal_stop", "critical",
-                      reason=reason, checkpoint=str(path), resume=f"toolkit {command} {loaded.path} --resume")
+                      reason=reason, checkpoint=str(path), resume=f"{loaded.command_line(command)} --resume")
         accelerator.print(f"stopped at step {step}: {reason}; checkpoint {path}")
         accelerator.end_training()
         return code
@@ -121,7 +132,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
             return None
         metrics.write({"step": step, "val_loss": val["all"], "val_loss_by_source": val["by_source"]})
         accelerator.log({"val/loss": val["all"]}, step=step)
-        return guard.check_val_loss(val["all"]) if cfg.divergence_guard else None
+        reason = guard.check_val_loss(val["all"]) if cfg.divergence_guard else None
+        return _agreed(accelerator, reason)
 
     signals = _SignalFlag()
     if start_step == 0 and (reason := evaluate(0)):
@@ -147,8 +159,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
         loss = (accelerator.reduce(local_loss, "sum") / max(target_tokens, 1)).item()
         done = step + 1
 
-        if cfg.divergence_guard and (reason := guard.check_train_loss(loss)):
+        if cfg.divergence_guard and (reason := guard.check_train_loss(loss)):  # same on every rank: reduced loss
             optimizer.zero_grad(set_to_none=True)  # keep the last finite weights
+            progress.close()
             return stop(step, reason, EXIT_DIVERGED)
         grad_norm = _clip(accelerator, model, cfg.max_grad_norm)
         optimizer.step()
@@ -246,6 +259,14 @@ def _check_trackers(trackers: list[str]) -> None:
                                hint=f"pip install {name}, or remove it from logging.trackers")
 
 
+def _agreed(accelerator, reason: str | None) -> str | None:
+    """Stop on every rank if any rank's guard says stop (GPU numerics may differ between ranks)."""
+    if accelerator.num_processes == 1:
+        return reason
+    flag = accelerator.reduce(torch.tensor([1 if reason else 0], device=accelerator.device), "max").item()
+    return reason or ("INV-TRAIN-005: another process's guard stopped the run" if flag else None)
+
+
 def _mixed_precision(precision: str) -> str:
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         return "bf16"
@@ -285,28 +306,37 @@ def _resume_point(run_dir: Path, resume: bool) -> Path | None:
     return latest
 
 
-def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora, cfg) -> Path:
-    def export(directory: Path) -> None:
-        if use_lora:
-            lora_lib.save_adapter(model, directory / "adapter")
-        else:
-            model.save_pretrained(directory / "model", safe_serialization=True)
-            tokenizer.save_pretrained(directory / "model")
-
-    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
+def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora, rngs, cfg) -> Path:
+    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs}
     states = {name: part.state_dict() for name, part in components.items() if name != "sources"}
     states["sources"] = {s.name: s.state_dict() for s in components["sources"]}
     return ckpt.save_checkpoint(
-        run_dir, step, lora_lib.trainable_state_dict(model), training_state, {"components": states}, export, cfg.keep_last
+        run_dir, step, lora_lib.trainable_state_dict(model), training_state, {"components": states},
+        lambda directory: _export_weights(directory, model, tokenizer, use_lora), cfg.keep_last,
     )
 
 
-def _restore(path: Path, model, optimizer, scheduler, components) -> int:
+def _export_weights(directory: Path, model, tokenizer, use_lora: bool) -> Path:
+    """The weights in Hugging Face form, with the tokenizer: `adapter/` (PEFT) or `model/`."""
+    out = directory / ("adapter" if use_lora else "model")
+    if use_lora:
+        lora_lib.save_adapter(model, out)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _restore(path: Path, model, optimizer, scheduler, components, rank: int) -> int:
     trainable, training_state, state = ckpt.load_checkpoint(path)
     lora_lib.load_trainable_state_dict(model, trainable)
     optimizer.load_state_dict(training_state["optimizer"])
     scheduler.load_state_dict(training_state["scheduler"])
-    ckpt.set_rng_state(training_state["rng"])
+    rngs = training_state["rng"]
+    if rank >= len(rngs):
+        raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es); resume with as many",
+                           where=str(path))
+    ckpt.set_rng_state(rngs[rank])
     saved = state["components"]
     for source in components["sources"]:
         if source.name in saved["sources"]:
@@ -321,16 +351,10 @@ def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool,
     outputs = {"adapter" if use_lora else "model": str(run_dir / ("adapter" if use_lora else "model"))}
     if merged and use_lora:
         outputs["merged"] = str(run_dir / "merged")
-    if not is_main:
-        return outputs
-    if use_lora:
-        lora_lib.save_adapter(model, run_dir / "adapter")
-        tokenizer.save_pretrained(run_dir / "adapter")
-        if merged:
+    if is_main:
+        _export_weights(run_dir, model, tokenizer, use_lora)
+        if merged and use_lora:
             lora_lib.export_merged(model, tokenizer, run_dir / "merged")
-    else:
-        model.save_pretrained(run_dir / "model", safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / "model")
     return outputs
 
 
