@@ -35,3 +35,8 @@ def did_you_mean(word: str, choices) -> str | None:
     """A hint naming the closest valid choice, or None."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

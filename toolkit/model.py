@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import ModelConfig, TinyHybridConfig
 
 TINY_HYBRID = "tiny-hybrid"
@@ -106,7 +106,12 @@ def build_tiny_hybrid(cfg: TinyHybridConfig, texts: Iterable[str], out_dir: Path
 def resolve_model_path(model_cfg: ModelConfig, base_dir: Path, texts, seed: int) -> str:
     """The directory or hub id to load: tiny-hybrid is built once into `base_dir` and reused."""
     if model_cfg.name_or_path != TINY_HYBRID:
-        return model_cfg.name_or_path
+        path = model_cfg.name_or_path
+        looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1  # hub ids are owner/name
+        if looks_local and not Path(path).expanduser().is_dir():
+            raise ToolkitError(f"model directory not found: {path}", key="model.name_or_path",
+                               hint="a local directory, a hub id such as Qwen/Qwen3.5-27B, or tiny-hybrid")
+        return str(Path(path).expanduser()) if path.startswith("~") else path
     if not (base_dir / "config.json").is_file():
         build_tiny_hybrid(model_cfg.tiny, texts(), base_dir, seed)
     return str(base_dir)
@@ -140,8 +145,7 @@ def load_model(path: str, model_cfg: ModelConfig, dtype: torch.dtype = torch.flo
             attn_implementation=model_cfg.attn_implementation,
         )
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolkitError(f"cannot load model '{path}': {first}", key="model.name_or_path") from None
+        raise ToolkitError(f"cannot load model '{path}': {first_line(exc)}", key="model.name_or_path") from None
     return model
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 
 IGNORE = -100  # label of a token that carries no loss (PyTorch cross_entropy's ignore_index)
 
@@ -115,8 +115,7 @@ def _chat_ids(messages: list[dict], tokenizer, where: str, train_on: str = "all"
         try:
             return tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kwargs)
         except Exception as exc:  # jinja errors (e.g. "roles must alternate") or no template at all
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ToolkitError(f"the chat template failed on this conversation: {first}", where=where,
+            raise ToolkitError(f"the chat template failed on this conversation: {first_line(exc)}", where=where,
                                hint=hint) from None
 
     out = render(messages, return_assistant_tokens_mask=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from toolkit.data.formatting import Example, example_from_record, record_text
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import DataConfig, SourceConfig
 
 DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -107,7 +107,7 @@ def _read_with_datasets(path: Path, builder: str, index: int) -> list[tuple[str,
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:
-        raise ToolkitError(f"cannot read {path}: {_first_line(exc)}", key=f"data.sources.{index}.path") from None
+        raise ToolkitError(f"cannot read {path}: {first_line(exc)}", key=f"data.sources.{index}.path") from None
     return [(f"{path}[row {n}]", dict(row)) for n, row in enumerate(ds)]
 
 
@@ -117,15 +117,12 @@ def _read_hub(src: SourceConfig, index: int) -> list[tuple[str, dict]]:
     try:
         ds = datasets.load_dataset(src.dataset, split=src.split)
     except Exception as exc:
-        raise ToolkitError(f"cannot load dataset '{src.dataset}' split '{src.split}': {_first_line(exc)}",
+        raise ToolkitError(f"cannot load dataset '{src.dataset}' split '{src.split}': {first_line(exc)}",
                            key=f"data.sources.{index}.dataset") from None
     if src.max_examples:
         ds = ds.select(range(min(src.max_examples, len(ds))))
     return [(f"dataset:{src.dataset}[row {n}]", dict(row)) for n, row in enumerate(ds)]
 
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def stable_seed(*parts) -> int:
