@@ -4,7 +4,6 @@ SIGTERM checkpoints, the divergence guard, and accelerate with 2 processes again
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -201,7 +200,6 @@ def test_divergence_guard_stops_the_run_with_a_checkpoint(work, tiny_model_dir):
     assert (Path(stop[0]["data"]["checkpoint"]) / "trainable.safetensors").is_file()
 
 
-@pytest.mark.skipif(os.cpu_count() is None, reason="needs a CPU count")
 def test_two_processes_match_one_with_the_same_global_batch(work, tiny_model_dir):
     # dropout 0: each process draws its own dropout masks, so only a deterministic forward can match
     single = write_recipe(work, tiny_model_dir, "single", dropout=0.0, max_steps=6, batch_size=2, grad_accum=2,

@@ -119,6 +119,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
         return path
 
     def stop(step: int, reason: str, code: int) -> int:
+        progress.close()
         path = save(step)
         journal.event(step, "guard_stop" if code == EXIT_DIVERGED else "signal_stop", "critical",
                       reason=reason, checkpoint=str(path), resume=f"{loaded.command_line(command)} --resume")
@@ -136,11 +137,11 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
         return _agreed(accelerator, reason)
 
     signals = _SignalFlag()
+    progress = Progress(cfg.max_steps, start_step, enabled=is_main and recipe.logging.progress)
     if start_step == 0 and (reason := evaluate(0)):
         return stop(0, reason, EXIT_DIVERGED)
 
     # ---- the loop
-    progress = Progress(cfg.max_steps, start_step, enabled=is_main and recipe.logging.progress)
     train_model.train()
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
@@ -161,7 +162,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
 
         if cfg.divergence_guard and (reason := guard.check_train_loss(loss)):  # same on every rank: reduced loss
             optimizer.zero_grad(set_to_none=True)  # keep the last finite weights
-            progress.close()
             return stop(step, reason, EXIT_DIVERGED)
         grad_norm = _clip(accelerator, model, cfg.max_grad_norm)
         optimizer.step()
@@ -180,12 +180,10 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
 
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
             if reason := evaluate(done):
-                progress.close()
                 return stop(done, reason, EXIT_DIVERGED)
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
             save(done)
         if signum := signals.received(accelerator):
-            progress.close()
             return stop(done, f"received {signal.Signals(signum).name}", EXIT_SIGNAL_BASE + signum)
 
     progress.close()
@@ -316,9 +314,13 @@ def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, comp
     )
 
 
+def _weights_dir(use_lora: bool) -> str:
+    return "adapter" if use_lora else "model"
+
+
 def _export_weights(directory: Path, model, tokenizer, use_lora: bool) -> Path:
     """The weights in Hugging Face form, with the tokenizer: `adapter/` (PEFT) or `model/`."""
-    out = directory / ("adapter" if use_lora else "model")
+    out = directory / _weights_dir(use_lora)
     if use_lora:
         lora_lib.save_adapter(model, out)
     else:
@@ -348,7 +350,7 @@ def _restore(path: Path, model, optimizer, scheduler, components, rank: int) -> 
 
 
 def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool, is_main: bool) -> dict:
-    outputs = {"adapter" if use_lora else "model": str(run_dir / ("adapter" if use_lora else "model"))}
+    outputs = {_weights_dir(use_lora): str(run_dir / _weights_dir(use_lora))}
     if merged and use_lora:
         outputs["merged"] = str(run_dir / "merged")
     if is_main:
