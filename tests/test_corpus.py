@@ -49,7 +49,55 @@ def test_unknown_corpus_suggests_a_name():
         load_builtin("pyhton-docs")
     with pytest.raises(ToolkitError, match="builtin corpora: python-docs"):
         load_builtin("zzz")
-    assert set(BUILTIN_CORPORA) == {"python-docs", "chatterbot", "chatterbot-text"}
+    assert set(BUILTIN_CORPORA) == {"python-docs", "chatterbot", "chatterbot-text", "python-topics",
+                                    "python-dictionary", "package-docs"}
+
+
+@pytest.mark.parametrize("name, minimum", [("python-topics", 300), ("python-dictionary", 700),
+                                           ("package-docs", 150)])
+def test_new_text_corpora_are_unique_deterministic_copies(name, minimum):
+    first = load_builtin(name)
+    corpus._gather.cache_clear()
+    assert load_builtin(name) == first
+    texts = [r["text"] for r in first]
+    assert len(texts) >= minimum and len(set(texts)) == len(texts)
+    assert all(set(r) == {"text"} and isinstance(t, str) and t.strip() for t, r in zip(texts, first))
+    first[0]["text"] = "changed"
+    assert load_builtin(name, max_docs=1)[0]["text"] != "changed"
+
+
+def test_python_topics_is_prose():
+    for text in (r["text"] for r in load_builtin("python-topics")):
+        lines = text.splitlines()
+        assert "::=" not in text and not all(line[:1].isspace() for line in lines)
+        assert not any(set(line.strip()) == {"*"} for line in lines)
+        assert corpus.MIN_PARAGRAPH <= len(text) <= corpus.MAX_PARAGRAPH
+
+
+def test_python_dictionary_entries_define_a_name():
+    records = load_builtin("python-dictionary")
+    names = []
+    for text in (r["text"] for r in records):
+        ask, answer = text.split("\n")
+        assert ask.startswith("> define ")
+        name = ask[len("> define "):]
+        assert answer.startswith(f"< {name}: ") and len(answer) - len(name) - 4 >= corpus.MIN_SUMMARY
+        names.append(name)
+    assert names == sorted(names) and len(set(names)) == len(names)
+    assert {"len", "json.dumps"} <= set(names)
+
+
+def test_package_docs_keeps_markdown_but_not_html():
+    texts = [r["text"] for r in load_builtin("package-docs")]
+    assert not any(t.startswith("<") for t in texts)
+    assert any(t.startswith("#") for t in texts) and any(t.startswith("```") for t in texts)
+    fences = [t for t in texts if t.startswith("```")]
+    assert all(t.count("```") % 2 == 0 for t in fences)  # a code block is never cut at a blank line
+
+
+def test_markdown_split_keeps_fenced_blank_lines():
+    text = "# Title\n\nSome prose.\n\n```python\nx = 1\n\ny = 2\n```\n\n\nEnd."
+    assert corpus._markdown_split(text) == ["# Title", "Some prose.", "```python\nx = 1\n\ny = 2\n```", "End."]
 
 
 def _rows(path: Path) -> list[dict]:

@@ -24,6 +24,8 @@ _state = {"debug": False}
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.max_steps=10 (repeatable).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in run.output_dir.")]
+StopAtOpt = Annotated[int | None, typer.Option("--stop-at", help="Checkpoint and stop after this step; resume later "
+                                                                 "(e.g. with a changed curriculum).")]
 
 
 @app.callback()
@@ -42,15 +44,15 @@ def validate(recipe: RecipeArg, set_: SetOpt = None):
 
 
 @app.command()
-def finetune(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False):
+def finetune(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False, stop_at: StopAtOpt = None):
     """Fine-tune a model (LoRA unless lora.enabled is false) through the curriculum."""
-    _train(recipe, set_, resume, "finetune")
+    _train(recipe, set_, resume, "finetune", stop_at)
 
 
 @app.command()
-def pretrain(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False):
+def pretrain(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False, stop_at: StopAtOpt = None):
     """Train every weight of a model, from scratch or from a checkpoint, through the same loop."""
-    _train(recipe, set_, resume, "pretrain")
+    _train(recipe, set_, resume, "pretrain", stop_at)
 
 
 @app.command()
@@ -92,7 +94,49 @@ def keys():
     typer.echo("\n".join(all_recipe_keys()))
 
 
-def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str) -> None:
+curriculum_app = typer.Typer(no_args_is_help=True, help="Read a recipe's curriculum: explain a step, plot the timeline.")
+app.add_typer(curriculum_app, name="curriculum")
+
+
+@curriculum_app.command("explain")
+def curriculum_explain(
+    recipe: RecipeArg,
+    step: Annotated[int, typer.Option("--step", help="The step to explain (0-based).")],
+    source: Annotated[str | None, typer.Option("--source", help="Can this source be drawn at the step, and why?")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
+    set_: SetOpt = None,
+):
+    """The phase, eligible sources and tiers, learning rate and temperature at a step, from the recipe alone."""
+    from toolkit.curriculum.explain import explain, explain_json, render_explain
+    from toolkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    try:
+        info = explain(loaded, step, source)
+    except ToolkitError as err:
+        raise loaded.place(err) from None
+    typer.echo(explain_json(info) if as_json else render_explain(info))
+
+
+@curriculum_app.command("plot")
+def curriculum_plot(
+    recipe: RecipeArg,
+    run: Annotated[Path | None, typer.Option("--run", help="A run directory: overlay its actual draws.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="PNG path (default RUN/reports/curriculum.png, "
+                                                           "else curriculum-<recipe>.png).")] = None,
+    set_: SetOpt = None,
+):
+    """Write a timeline PNG: phases, eligible sources, learning rate and temperature over steps."""
+    from toolkit.curriculum.explain import plot
+    from toolkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    if out is None:
+        out = run / "reports" / "curriculum.png" if run else Path(f"curriculum-{recipe.stem}.png")
+    typer.echo(plot(loaded, out, run))
+
+
+def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str, stop_at: int | None = None) -> None:
     from toolkit.recipe import load_recipe
 
     from toolkit.launch import requested_cpu_processes, run_cpu_processes
@@ -104,13 +148,9 @@ def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str
     from toolkit.train.loop import train
 
     try:
-        code = train(loaded, command, resume=resume)
+        code = train(loaded, command, resume=resume, stop_at=stop_at)
     except ToolkitError as err:
-        if err.key and not err.where:
-            err.where = loaded.where(err.key)
-            if err.where.startswith("--set"):
-                err.key = None  # the override already names it
-        raise
+        raise loaded.place(err) from None
     raise SystemExit(code)
 
 

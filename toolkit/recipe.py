@@ -7,12 +7,13 @@ Relative paths in a recipe are taken from the working directory, as in Axolotl a
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolkit.errors import ToolkitError, did_you_mean
 
@@ -114,9 +115,85 @@ class DataConfig(Section):
         return self
 
 
+class PhaseConfig(Section):
+    """A stretch of the run with its own sources or tiers, learning rate and dream temperature."""
+
+    name: str
+    # the step where the phase ends (exclusive): an integer step, or a fraction of train.max_steps
+    # (a float in (0, 1]); the last phase may leave it out and runs to the end
+    until: int | float | None = None
+    sources: list[str] | None = None  # allowed source names; None: every source
+    tiers: list[Annotated[int, Field(ge=1, le=3)]] | None = None  # allowed tiers; None: the tier order decides
+    lr: float | Literal["adaptive"] | None = None  # absolute rate, or "adaptive" (within lr_range)
+    lr_scale: float | None = Field(None, gt=0)  # or a multiple of train.lr
+    lr_range: tuple[float, float] | None = None  # adaptive bounds; default (0.1 × train.lr, train.lr)
+    dream_temperature: float | Literal["adaptive"] | None = None  # None: the dream section decides
+
+    @model_validator(mode="after")
+    def _one_lr(self):
+        if self.lr is not None and self.lr_scale is not None:
+            raise ValueError(f"phase '{self.name}' sets both lr and lr_scale; keep one")
+        if isinstance(self.lr, float) and self.lr <= 0:
+            raise ValueError(f"phase '{self.name}': lr must be positive")
+        if self.lr_range is not None and not 0 < self.lr_range[0] <= self.lr_range[1]:
+            raise ValueError(f"phase '{self.name}': lr_range must be [low, high] with 0 < low <= high")
+        if isinstance(self.until, float) and not 0 < self.until <= 1:
+            raise ValueError(f"phase '{self.name}': a fractional until must be in (0, 1]; write a step as an integer")
+        return self
+
+
+class RepetitionGuardConfig(Section):
+    """Seed 000's failure: repetitive, list-shaped sources earn the best loss and a bandit feeds the
+    model more of them. A source's repetition (seq-rep-n of its target tokens, 0..1) lowers its reward,
+    and above `veto_above` the bandit may no longer choose it (its floor still holds)."""
+
+    n: int = Field(4, ge=1)
+    penalty: float = Field(1.0, ge=0)  # subtracted from the [0, 1] reward, times the repetition
+    veto_above: float | None = Field(0.5, gt=0, le=1)  # None: never veto
+
+
 class CurriculumConfig(Section):
-    # The curriculum issue adds phases, tiers, warmup gates and bandits; today: the mixing rule.
-    sampler: Literal["weighted", "uniform"] = "weighted"
+    """Which source each step draws from: warmup gate, phases, tier order, caps/floors, a sampler."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    # seed 000's curriculum_warmup_steps / curriculum_warmup_sources are accepted as aliases
+    warmup_steps: int = Field(0, ge=0, validation_alias=AliasChoices("warmup_steps", "curriculum_warmup_steps"))
+    warmup_sources: list[str] = Field(
+        [], validation_alias=AliasChoices("warmup_sources", "curriculum_warmup_sources"))
+    phases: list[PhaseConfig] = []
+    # when tiers open (a phase's `tiers` overrides): one after another at equal shares of the run
+    # (easy_to_hard, hard_to_easy, random: an order drawn from the run seed) or all at once (mixed)
+    order: Literal["easy_to_hard", "hard_to_easy", "mixed", "random"] = "mixed"
+    sampler: Literal["ucb1", "exp3", "weighted", "uniform"] = "weighted"
+    c: float = Field(math.sqrt(2), ge=0)  # UCB1 exploration
+    window: int | None = Field(None, ge=1)  # sliding-window UCB1: the last N draws
+    discount: float | None = Field(None, gt=0, lt=1)  # discounted UCB1
+    gamma: float = Field(0.1, gt=0, le=1)  # EXP3 exploration
+    reward: Literal["learning_progress", "neg_loss", "score"] = "learning_progress"
+    score_fn: str | None = None  # "module:function" giving the reward when reward is "score"
+    caps: dict[str, float] = {}  # most a source may take, as a share of draws
+    floors: dict[str, float] = {}  # least a source gets while it is eligible
+    share_window: int = Field(200, ge=1)  # caps and floors hold over the phase and over the last N draws
+    repetition: RepetitionGuardConfig = RepetitionGuardConfig()
+
+    @field_validator("caps", "floors")
+    @classmethod
+    def _shares(cls, v):
+        bad = {k: x for k, x in v.items() if not 0 <= x <= 1}
+        if bad:
+            raise ValueError(f"shares must be between 0 and 1: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.window and self.discount:
+            raise ValueError("set window or discount for UCB1, not both")
+        if self.reward == "score" and not self.score_fn:
+            raise ValueError("reward: score needs score_fn: 'module:function'")
+        if self.warmup_steps and not self.warmup_sources:
+            raise ValueError("warmup_steps is set but warmup_sources is empty")
+        return self
 
 
 class TrainConfig(Section):
@@ -204,6 +281,14 @@ class LoadedRecipe:
         parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
         return locate(self.locations, parts, self.path)
 
+    def place(self, err: ToolkitError) -> ToolkitError:
+        """Give an error raised with a recipe `key` the file:line where that key is set."""
+        if err.key and not err.where:
+            err.where = self.where(err.key)
+            if err.where.startswith("--set"):
+                err.key = None  # the override already names it
+        return err
+
     def command_line(self, command: str) -> str:
         """The command that reruns this recipe with the same overrides (for journal hints)."""
         sets = " ".join(f"--set {shlex.quote(o)}" for o in self.overrides)
@@ -216,11 +301,38 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     for item in overrides or []:
         _apply_override(data, locations, item)
     data.pop("extends", None)
+    _lift_seed_aliases(data, locations)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _as_toolkit_error(exc, locations, path) from None
-    return LoadedRecipe(recipe, path, locations, recipe.model_dump(mode="json", exclude={"extends"}), overrides or ())
+    loaded = LoadedRecipe(recipe, path, locations, recipe.model_dump(mode="json", exclude={"extends"}), overrides or ())
+    from toolkit.curriculum.plan import check_curriculum  # the plan reads the recipe: import here, not at the top
+
+    try:
+        check_curriculum(recipe)
+    except ToolkitError as err:
+        raise loaded.place(err) from None
+    return loaded
+
+
+SEED_ALIASES = ("curriculum_warmup_steps", "curriculum_warmup_sources")
+
+
+def _lift_seed_aliases(data: dict, locations: dict) -> None:
+    """Seed 000's flat config keys at the top level belong to the curriculum section."""
+    for alias in SEED_ALIASES:
+        if alias in data:
+            section = data.setdefault("curriculum", {})
+            if not isinstance(section, dict):
+                return
+            section[alias] = data.pop(alias)
+    canonical = {alias: alias.removeprefix("curriculum_") for alias in SEED_ALIASES}
+    for key, where in list(locations.items()):  # errors name the canonical key: find its line either way
+        if key[0] in canonical:
+            key = ("curriculum",) + key
+        if len(key) > 1 and key[0] == "curriculum" and key[1] in canonical:
+            locations.setdefault(("curriculum", canonical[key[1]]) + key[2:], where)
 
 
 
@@ -305,6 +417,8 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
             node = node.setdefault(key, {})
         else:
             node = node[key]
+    for stale in [k for k in locations if k[:len(keys)] == tuple(keys)]:
+        del locations[stale]  # lines of the file's value that the override replaced
     locations[tuple(keys)] = where
 
 

@@ -1,5 +1,6 @@
-"""The curriculum core: which source each step draws from."""
+"""The curriculum core: phases, warmup gates, tiers, caps and floors, and a sampler over sources."""
 
-from toolkit.curriculum.sampler import SourceSampler
+from toolkit.curriculum.core import Curriculum
+from toolkit.curriculum.plan import CurriculumPlan
 
-__all__ = ["SourceSampler"]
+__all__ = ["Curriculum", "CurriculumPlan"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit import lora as lora_lib
-from toolkit.curriculum import SourceSampler
+from toolkit.curriculum import Curriculum, CurriculumPlan
 from toolkit.data.batching import check_batching_supported, collate, micro_batches
 from toolkit.data.sources import load_sources, source_texts
 from toolkit.errors import ToolkitError
@@ -27,14 +27,14 @@ from toolkit.recipe import LoadedRecipe, dump_recipe
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.guard import EXIT_DIVERGED, DivergenceGuard
 from toolkit.train.runinfo import environment_info, flat_hparams
-from toolkit.train.schedule import build_scheduler
 from toolkit.train.progress import Progress
 
 EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
 
 
-def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
-    """Run a recipe; returns the process exit code (0 done, 3 guard stop, 128+N on signal N)."""
+def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int | None = None) -> int:
+    """Run a recipe; returns the process exit code (0 done or stopped at `stop_at`, 3 guard stop,
+    128+N on signal N)."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
 
@@ -77,19 +77,20 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
     sources = load_sources(recipe.data, tokenizer, recipe.run.seed)
     if not sources:
         raise ToolkitError("the recipe names no data sources", key="data.sources")
-    sampler = SourceSampler(sources, recipe.curriculum.sampler, recipe.run.seed)
+    curriculum = Curriculum(CurriculumPlan.from_recipe(recipe), sources, recipe.run.seed)
     guard = DivergenceGuard(recipe.regime, model.config.vocab_size)
 
     # ---- optimizer; restore everything from the checkpoint before the first step
     model.to(accelerator.device)
     optimizer = _adamw(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    components = {"sources": sources, "sampler": sampler, "guard": guard}
+    components = {"sources": sources, "curriculum": curriculum, "guard": guard}
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, model, optimizer, scheduler, components, accelerator.process_index)
+        start_step = _restore(resume_from, model, optimizer, components, accelerator.process_index)
         journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path),
                       processes=accelerator.num_processes)
+        if curriculum.pivot:  # resumed under a changed curriculum: the polish pivot
+            journal.event(start_step, "curriculum_pivot", changes=curriculum.pivot)
     else:
         journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir),
                       processes=accelerator.num_processes, device=str(accelerator.device))
@@ -111,8 +112,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
         rngs = gather_object([ckpt.rng_state()])  # every rank's, so dropout continues exactly
         path = None
         if is_main:
-            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora,
-                                    rngs, cfg)
+            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg)
             journal.event(step, "checkpoint", path=str(path))
         accelerator.wait_for_everyone()
         saved.update(step=step, path=path)
@@ -121,7 +121,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
     def stop(step: int, reason: str, code: int) -> int:
         progress.close()
         path = save(step)
-        journal.event(step, "guard_stop" if code == EXIT_DIVERGED else "signal_stop", "critical",
+        kind = {0: "planned_stop", EXIT_DIVERGED: "guard_stop"}.get(code, "signal_stop")
+        journal.event(step, kind, "info" if code == 0 else "critical",
                       reason=reason, checkpoint=str(path), resume=f"{loaded.command_line(command)} --resume")
         accelerator.print(f"stopped at step {step}: {reason}; checkpoint {path}")
         accelerator.end_training()
@@ -145,7 +146,12 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
     train_model.train()
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
-        source = sampler.pick(step)
+        lr = curriculum.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        source = curriculum.pick(step)
+        if curriculum.transition:
+            journal.event(step, "curriculum", **curriculum.transition)
         examples = source.next_examples(global_batch)
         batches = micro_batches(examples, cfg.batch_size, recipe.data.batching)[rank::world]
         target_tokens = sum(_target_count(e.labels) for e in examples)
@@ -165,14 +171,14 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
             return stop(step, reason, EXIT_DIVERGED)
         grad_norm = _clip(accelerator, model, cfg.max_grad_norm)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        sampler.observe(source, loss)
+        reward = curriculum.observe(source, loss, examples, step)
 
         tokens = sum(len(e) for e in examples)
         seconds = time.perf_counter() - t0
-        row = {"step": done, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-               "source": source.name, "tokens": tokens, "tokens_per_s": tokens / seconds, "time": time.time()}
+        row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "source": source.name,
+               "phase": curriculum.phase(step).name, "reward": reward, "tokens": tokens,
+               "tokens_per_s": tokens / seconds, "time": time.time()}
         metrics.write(row)
         accelerator.log({"train/loss": loss, "train/lr": row["lr"], "train/grad_norm": grad_norm,
                          "train/tokens_per_s": row["tokens_per_s"]}, step=done)
@@ -183,12 +189,14 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False) -> int:
                 return stop(done, reason, EXIT_DIVERGED)
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
             save(done)
+        if stop_at is not None and done >= stop_at:
+            return stop(done, f"--stop-at {stop_at}", 0)
         if signum := signals.received(accelerator):
             return stop(done, f"received {signal.Signals(signum).name}", EXIT_SIGNAL_BASE + signum)
 
     progress.close()
     outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main)
-    journal.event(cfg.max_steps, "run_end", outputs=outputs)
+    journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if is_main:
@@ -304,8 +312,8 @@ def _resume_point(run_dir: Path, resume: bool) -> Path | None:
     return latest
 
 
-def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler, components, use_lora, rngs, cfg) -> Path:
-    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs}
+def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg) -> Path:
+    training_state = {"optimizer": optimizer.state_dict(), "rng": rngs}
     states = {name: part.state_dict() for name, part in components.items() if name != "sources"}
     states["sources"] = {s.name: s.state_dict() for s in components["sources"]}
     return ckpt.save_checkpoint(
@@ -329,11 +337,10 @@ def _export_weights(directory: Path, model, tokenizer, use_lora: bool) -> Path:
     return out
 
 
-def _restore(path: Path, model, optimizer, scheduler, components, rank: int) -> int:
+def _restore(path: Path, model, optimizer, components, rank: int) -> int:
     trainable, training_state, state = ckpt.load_checkpoint(path)
     lora_lib.load_trainable_state_dict(model, trainable)
     optimizer.load_state_dict(training_state["optimizer"])
-    scheduler.load_state_dict(training_state["scheduler"])
     rngs = training_state["rng"]
     if rank >= len(rngs):
         raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es); resume with as many",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 def lr_multiplier(step: int, schedule: str, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
     if warmup_steps and step < warmup_steps:
@@ -21,10 +19,3 @@ def lr_multiplier(step: int, schedule: str, warmup_steps: int, max_steps: int, m
     else:
         raise ValueError(f"unknown schedule {schedule}")
     return min_ratio + (1.0 - min_ratio) * decay
-
-
-def build_scheduler(optimizer, train_cfg) -> torch.optim.lr_scheduler.LambdaLR:
-    def multiplier(step):
-        return lr_multiplier(step, train_cfg.schedule, train_cfg.warmup_steps, train_cfg.max_steps, train_cfg.min_lr_ratio)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -1,0 +1,75 @@
+"""Bandit rewards: what drawing a source taught the model, scaled to [0, 1].
+
+- learning_progress: how much the source's loss fell since it was last drawn (relative to its
+  running mean), the signal of Graves et al. 2017 "Automated Curriculum Learning"
+- neg_loss: the negative loss (favors what the model already finds easy: use with the repetition guard)
+- score: a number a callback supplies (a teacher's or a judge's verdict)
+
+Raw rewards drift in scale as training goes, so they are mapped to [0, 1] by the 20th and 80th
+percentiles of the recent raw rewards (Graves et al.'s rescaling): one UCB `c` serves every reward.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib
+from collections import deque
+
+from toolkit.errors import ToolkitError
+
+LOSS_EMA = 0.3  # weight of the newest loss in a source's running loss
+
+
+class RewardScaler:
+    def __init__(self, history: int = 1000):
+        self.history = history
+        self.recent: deque = deque()
+        self.ordered: list[float] = []
+
+    def __call__(self, raw: float) -> float:
+        self._add(raw)
+        low, high = self._quantile(0.2), self._quantile(0.8)
+        if high - low < 1e-12:
+            return 0.5
+        return min(max((raw - low) / (high - low), 0.0), 1.0)
+
+    def _add(self, raw: float) -> None:
+        if len(self.recent) == self.history:
+            oldest = self.recent.popleft()
+            del self.ordered[bisect.bisect_left(self.ordered, oldest)]
+        self.recent.append(raw)
+        bisect.insort(self.ordered, raw)
+
+    def _quantile(self, q: float) -> float:
+        return self.ordered[min(int(q * len(self.ordered)), len(self.ordered) - 1)]
+
+    def state_dict(self) -> dict:
+        return {"recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent, self.ordered = deque(), []
+        for raw in state["recent"]:
+            self._add(raw)
+
+
+def raw_reward(kind: str, loss: float, running_loss: float | None, score: float | None) -> float | None:
+    """The unscaled reward of one draw; None when there is nothing to judge yet."""
+    if kind == "learning_progress":
+        return None if running_loss is None else (running_loss - loss) / max(abs(running_loss), 1e-8)
+    if kind == "neg_loss":
+        return -loss
+    return score
+
+
+def load_score_fn(spec: str, key: str):
+    """`module:function` named in the recipe, imported (the function scores a draw)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ToolkitError(f"expected 'module:function', got '{spec}'", key=key)
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ToolkitError(f"cannot import '{spec}': {exc}", key=key) from None
+    if not callable(fn):
+        raise ToolkitError(f"'{spec}' is not callable", key=key)
+    return fn

@@ -1,0 +1,1 @@
+"""The understanding module: signals about what the model and its data are doing."""
