@@ -32,7 +32,13 @@ def chat_rows(n: int) -> list[dict]:
     return rows
 
 
-def write_recipe(tmp: Path, model_dir: Path, name: str, dropout: float = 0.1, **train) -> Path:
+# a bandit and a warmup in every run here, so the resume and multi-process tests cover the curriculum
+CURRICULUM = {"warmup_steps": 4, "warmup_sources": ["prose"], "sampler": "ucb1", "window": 8,
+              "floors": {"chat": 0.2}}
+
+
+def write_recipe(tmp: Path, model_dir: Path, name: str, dropout: float = 0.1, curriculum: dict | None = None,
+                 **train) -> Path:
     data = tmp / "chat.jsonl"
     if not data.exists():
         data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(48)))
@@ -48,6 +54,7 @@ def write_recipe(tmp: Path, model_dir: Path, name: str, dropout: float = 0.1, **
         "data": {"max_length": 64, "val_fraction": 0.1, "sources": [
             {"name": "chat", "path": str(data), "strip_instructions": True},
             {"name": "prose", "path": str(tmp / "prose.jsonl")}]},
+        "curriculum": curriculum or CURRICULUM,
         "train": settings,
         "logging": {"trackers": ["tensorboard"], "progress": True},
     }
@@ -69,6 +76,10 @@ def run_toolkit(*args, check=True) -> subprocess.CompletedProcess:
 
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def draws(run_dir: Path) -> dict[int, str]:
+    return {r["step"]: r["source"] for r in read_jsonl(run_dir / "metrics.jsonl") if "source" in r}
 
 
 def final_weights(run_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
@@ -154,6 +165,7 @@ def test_resume_after_sigkill_is_bitwise_equal(work, tiny_model_dir, reference_r
         assert torch.equal(reference[name], resumed[name]), name
     ref_losses, new_losses = losses(ref_dir), losses(run_dir)
     assert all(new_losses[s] == ref_losses[s] for s in range(STEPS // 2 + 1, STEPS + 1))
+    assert draws(run_dir) == draws(ref_dir)  # the bandit resumed its statistics, RNG and shares exactly
     assert any(e["kind"] == "resume" for e in read_jsonl(run_dir / "journal.jsonl"))
 
 
@@ -216,7 +228,42 @@ def test_two_processes_match_one_with_the_same_global_batch(work, tiny_model_dir
     assert start["data"]["processes"] == 2, "accelerate started one process"
     one, two = losses(work / "single"), losses(work / "double")
     assert sorted(one) == sorted(two) == list(range(1, 7))
+    assert draws(work / "single") == draws(work / "double")
     for step in one:
         assert abs(one[step] - two[step]) <= 1e-4, (step, one[step], two[step])
     a, b = final_weights(work / "single", 6), final_weights(work / "double", 6)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_the_curriculum_gates_the_warmup_and_the_bandit_mixes_after_it(reference_run):
+    run_dir, _ = reference_run
+    drawn = draws(run_dir)
+    assert {drawn[s] for s in range(1, 5)} == {"prose"}  # steps 0-3: warmup_sources only
+    assert {drawn[s] for s in range(5, STEPS + 1)} == {"chat", "prose"}
+    events = [e for e in read_jsonl(run_dir / "journal.jsonl") if e["kind"] == "curriculum"]
+    assert [(e["step"], e["data"]["eligible"]) for e in events] == [(0, ["prose"]), (4, ["chat", "prose"])]
+    summary = [e for e in read_jsonl(run_dir / "journal.jsonl") if e["kind"] == "run_end"][0]["data"]["curriculum"]
+    assert sum(summary["draws"].values()) == STEPS
+
+
+def test_polish_pivot_resumes_with_a_changed_curriculum(work, tiny_model_dir, reference_run):
+    """Seed 000's v3 polish: stop part-way, resume with warmup 0 and re-weighted caps and floors."""
+    ref_dir, _ = reference_run
+    recipe = write_recipe(work, tiny_model_dir, "polished")
+    run_dir = work / "polished"
+    out = run_toolkit("finetune", str(recipe), "--stop-at", "8")
+    assert "stopped at step 8" in out.stdout
+    assert losses(run_dir) == {s: v for s, v in losses(ref_dir).items() if s <= 8}
+    polish = {"warmup_steps": 0, "sampler": "ucb1", "window": 8, "caps": {"prose": 0.25}, "floors": {"chat": 0.6}}
+    recipe = write_recipe(work, tiny_model_dir, "polished", curriculum=polish)
+    run_toolkit("finetune", str(recipe), "--resume")
+    journal = read_jsonl(run_dir / "journal.jsonl")
+    pivot = [e for e in journal if e["kind"] == "curriculum_pivot"]
+    assert len(pivot) == 1 and pivot[0]["step"] == 8
+    changes = pivot[0]["data"]["changes"]
+    assert changes["curriculum.warmup_steps"] == [4, 0] and changes["curriculum.caps.prose"] == [None, 0.25]
+    after = [draws(run_dir)[s] for s in range(9, STEPS + 1)]
+    assert after.count("prose") <= 0.25 * len(after) + 1 and after.count("chat") >= 0.6 * len(after) - 1
+    assert sorted(losses(run_dir)) == list(range(1, STEPS + 1))  # one loss history across the pivot
+    end = [e for e in journal if e["kind"] == "run_end"][0]["data"]["curriculum"]
+    assert sum(end["draws"].values()) == STEPS  # draw counts carried over
