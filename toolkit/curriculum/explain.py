@@ -28,6 +28,7 @@ def explain(loaded, step: int, source: str | None = None) -> dict:
         "step": step,
         "phase": phase.name,
         "phase_steps": [phase.start, phase.end - 1],
+        "phase_index": phase.index,  # -1: the recipe has no phases
         "eligible_sources": eligible,
         "blocked_sources": {n: g.reason for n, g in gates.items() if not g.allowed},
         "tiers": tiers if tiers is not None else "all",
@@ -54,9 +55,10 @@ def explain(loaded, step: int, source: str | None = None) -> dict:
 
 
 def render_explain(info: dict) -> str:
+    where = info["decided_by"]["phase"] if info["phase_index"] >= 0 else "no curriculum.phases"
     lines = [
         f"step {info['step']}: phase '{info['phase']}' (steps {info['phase_steps'][0]}-{info['phase_steps'][1]}, "
-        f"{info['decided_by']['phase']})",
+        f"{where})",
         f"  eligible sources: {', '.join(info['eligible_sources']) or '(none)'}",
         f"  tiers: {info['tiers']}",
         f"  learning rate: {_lr_text(info)}",
