@@ -301,7 +301,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     for item in overrides or []:
         _apply_override(data, locations, item)
     data.pop("extends", None)
-    _lift_seed_aliases(data, locations)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -316,24 +315,31 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     return loaded
 
 
-SEED_ALIASES = ("curriculum_warmup_steps", "curriculum_warmup_sources")
+# seed 000's flat config keys, at the top level or in `curriculum:`; renamed per file and per --set,
+# so a later layer overrides either spelling
+SEED_ALIASES = {"curriculum_warmup_steps": "warmup_steps", "curriculum_warmup_sources": "warmup_sources"}
 
 
-def _lift_seed_aliases(data: dict, locations: dict) -> None:
-    """Seed 000's flat config keys at the top level belong to the curriculum section."""
-    for alias in SEED_ALIASES:
-        if alias in data:
+def _canonical_keys(data: dict, locations: dict) -> None:
+    for alias, name in SEED_ALIASES.items():
+        for path in ((alias,), ("curriculum", alias)):
+            parent = data if len(path) == 1 else data.get("curriculum")
+            if not isinstance(parent, dict) or alias not in parent:
+                continue
             section = data.setdefault("curriculum", {})
             if not isinstance(section, dict):
-                return
-            section[alias] = data.pop(alias)
-    canonical = {alias: alias.removeprefix("curriculum_") for alias in SEED_ALIASES}
-    for key, where in list(locations.items()):  # errors name the canonical key: find its line either way
-        if key[0] in canonical:
-            key = ("curriculum",) + key
-        if len(key) > 1 and key[0] == "curriculum" and key[1] in canonical:
-            locations.setdefault(("curriculum", canonical[key[1]]) + key[2:], where)
+                continue  # pydantic reports the malformed section
+            section[name] = parent.pop(alias)
+            for key in [k for k in locations if k[:len(path)] == path]:
+                locations[("curriculum", name) + key[len(path):]] = locations.pop(key)
 
+
+def _canonical_override(keys: list) -> list:
+    if keys and keys[0] in SEED_ALIASES:
+        return ["curriculum", SEED_ALIASES[keys[0]], *keys[1:]]
+    if len(keys) > 1 and keys[0] == "curriculum" and keys[1] in SEED_ALIASES:
+        return ["curriculum", SEED_ALIASES[keys[1]], *keys[2:]]
+    return keys
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -346,6 +352,7 @@ def _load_with_extends(path: Path, seen: tuple) -> tuple[dict, dict]:
     if path.resolve() in seen:
         raise ToolkitError("`extends` forms a cycle", where=f"{path}:extends")
     data, locations = _read_yaml(path)
+    _canonical_keys(data, locations)
     parent = data.get("extends")
     if parent is None:
         return data, locations
@@ -401,7 +408,7 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
     if "=" not in item:
         raise ToolkitError(f"--set expects key.path=value, got '{item}'", where="--set")
     dotted, raw = item.split("=", 1)
-    keys = [int(k) if k.isdigit() else k for k in dotted.strip().split(".")]
+    keys = _canonical_override([int(k) if k.isdigit() else k for k in dotted.strip().split(".")])
     where = f"--set {dotted}"
     node = data
     for i, key in enumerate(keys):

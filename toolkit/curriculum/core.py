@@ -25,6 +25,7 @@ from toolkit.data.sources import stable_seed
 from toolkit.monitor.repetition import seq_rep_n
 
 FAILURE_WINDOW = 20  # steps behind the adaptive learning rate's failure rate (seed 003's window)
+REPETITION_SAMPLE = 4  # examples per step whose repetition is measured (a running mean needs no more)
 
 
 class Curriculum:
@@ -104,7 +105,7 @@ class Curriculum:
         name = source.name
         guard = self.cfg.repetition
         if guard.penalty or guard.veto_above is not None:
-            self.note_repetition(name, _target_repetition(examples, guard.n))
+            self.note_repetition(name, _target_repetition(examples[:REPETITION_SAMPLE], guard.n))
         if self.score_fn is not None and score is None:
             score = float(self.score_fn(source=name, loss=loss, examples=examples, step=step))
         raw = raw_reward(self.cfg.reward, loss, self.running_loss.get(name), score)
@@ -170,8 +171,8 @@ class Curriculum:
         changes = _changes(state["config"], self.cfg.model_dump(mode="json"))
         try:
             self.sampler.load_state_dict(state["sampler"])  # a sampler of another kind starts afresh
-        except ValueError:
-            changes.setdefault("sampler", [state["sampler"].get("kind"), self.cfg.sampler])
+        except ValueError as exc:  # another kind or variant: its statistics mean something else
+            changes["sampler_statistics"] = ["discarded", str(exc)]
         if changes:  # the polish pivot: new mix from here; statistics and history kept
             self.pivot = changes
             self.segment = None

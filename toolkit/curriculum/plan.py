@@ -134,6 +134,8 @@ class CurriculumPlan:
         phases, start = [], 0
         for i, p in enumerate(self.cfg.phases):
             key, last = f"curriculum.phases.{i}", i == len(self.cfg.phases) - 1
+            if phases and start >= self.max_steps:
+                break  # a run shortened below this phase's start never reaches it
             if p.until is None and not last:
                 raise ToolkitError(f"phase '{p.name}' needs `until` (only the last phase may leave it out)", key=key)
             end = self.max_steps if p.until is None else self._step_of(p.until)
@@ -146,7 +148,7 @@ class CurriculumPlan:
             lr, lr_range = self._phase_lr(p)
             phases.append(Phase(p.name, i, start, min(end, self.max_steps), lr, lr_range, p.dream_temperature, key))
             start = end
-        return [p for p in phases if p.start < self.max_steps] or phases[:1]
+        return phases
 
     def _phase_lr(self, p) -> tuple[float | None, tuple[float, float] | None]:
         if p.lr == "adaptive":

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 def seq_rep_n(tokens: Sequence, n: int = 4) -> float:
     """1 - distinct n-grams / n-grams; 0.0 for sequences shorter than n + 1."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = list(zip(*(tokens[i:] for i in range(n))))  # zip of shifted copies: the n-grams, fast
     if len(grams) < 2:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
