@@ -94,6 +94,28 @@ def keys():
     typer.echo("\n".join(all_recipe_keys()))
 
 
+@app.command()
+def dream(
+    recipe: RecipeArg,
+    cycles: Annotated[int, typer.Option("--cycles", min=1, help="How many dream cycles to run.")] = 1,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="A PEFT adapter to dream with (e.g. RUN/adapter).")] = None,
+    set_: SetOpt = None,
+):
+    """Dream without training: the model writes scenarios, answers, is judged; failures become examples."""
+    from toolkit.dream.command import run_standalone
+    from toolkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    if loaded.recipe.dream.evaluator is None or not loaded.recipe.dream.seeds:
+        raise ToolkitError("the recipe's dream section needs `seeds` and an `evaluator`", where=loaded.where("dream"))
+    _quiet_libraries()
+    try:
+        summary = run_standalone(loaded, cycles, adapter)
+    except ToolkitError as err:
+        raise loaded.place(err) from None
+    typer.echo("\n".join(f"{k:<20} {v}" for k, v in summary.items()))
+
+
 curriculum_app = typer.Typer(no_args_is_help=True, help="Read a recipe's curriculum: explain a step, plot the timeline.")
 app.add_typer(curriculum_app, name="curriculum")
 

@@ -22,6 +22,7 @@ from toolkit.curriculum.rewards import LOSS_EMA, RewardScaler, load_score_fn, ra
 from toolkit.curriculum.samplers import build_sampler
 from toolkit.curriculum.shares import ShareLimiter
 from toolkit.data.sources import stable_seed
+from toolkit.errors import ToolkitError
 from toolkit.monitor.repetition import seq_rep_n
 
 FAILURE_WINDOW = 20  # steps behind the adaptive learning rate's failure rate (seed 003's window)
@@ -71,7 +72,11 @@ class Curriculum:
         return self._eligible[start]
 
     def pick(self, step: int):
-        eligible = self.eligible(step)
+        eligible = [n for n in self.eligible(step) if self._has_examples(n)]
+        if not eligible:
+            raise ToolkitError(f"no source eligible at step {step} has examples yet "
+                               f"({', '.join(self.eligible(step))})", key="curriculum.phases",
+                               hint="let a source with data be drawn while the dream source fills")
         self._enter(step, eligible)
         name = self.limits.owed(eligible)
         self.sampler_chose = name is None  # a floor's draw teaches the sampler nothing it asked for
@@ -82,6 +87,10 @@ class Curriculum:
         self.limits.record(name)
         self.draws[name] += 1
         return self.sources[name]
+
+    def _has_examples(self, name: str) -> bool:
+        source = self.sources.get(name)  # the dream source is absent outside fine-tuning
+        return source is not None and len(source.train) > 0  # and empty until the first failure lands
 
     def vetoed(self, name: str) -> bool:
         veto = self.cfg.repetition.veto_above

@@ -57,6 +57,8 @@ class CurriculumPlan:
     @classmethod
     def from_recipe(cls, recipe) -> "CurriculumPlan":
         infos = [SourceInfo(s.name, s.tier, s.weight) for s in recipe.data.sources]
+        if recipe.dream.enabled:  # the dream loop's examples are a source like any other
+            infos.append(SourceInfo(recipe.dream.source, recipe.dream.tier, recipe.dream.weight))
         return cls(recipe.curriculum, infos, recipe.train, recipe.run.seed)
 
     # ---------------------------------------------------------------- per step

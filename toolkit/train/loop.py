@@ -77,6 +77,12 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     sources = load_sources(recipe.data, tokenizer, recipe.run.seed)
     if not sources:
         raise ToolkitError("the recipe names no data sources", key="data.sources")
+    dream = None
+    if recipe.dream.enabled and command == "finetune":
+        from toolkit.dream.command import build_dream
+
+        dream = build_dream(recipe, tokenizer, write=is_main)
+        sources.append(dream.source)  # empty until failures land; the curriculum skips it till then
     curriculum = Curriculum(CurriculumPlan.from_recipe(recipe), sources, recipe.run.seed)
     guard = DivergenceGuard(recipe.regime, model.config.vocab_size)
 
@@ -84,6 +90,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     model.to(accelerator.device)
     optimizer = _adamw(model, cfg)
     components = {"sources": sources, "curriculum": curriculum, "guard": guard}
+    if dream is not None:
+        components["dream"] = dream
     start_step = 0
     if resume_from is not None:
         start_step = _restore(resume_from, model, optimizer, components, accelerator.process_index)
@@ -183,6 +191,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         accelerator.log({"train/loss": loss, "train/lr": row["lr"], "train/grad_norm": grad_norm,
                          "train/tokens_per_s": row["tokens_per_s"]}, step=done)
         progress.update(done, loss=loss, tokens_per_s=row["tokens_per_s"], lr=row["lr"])
+        if dream is not None and dream.due(done):
+            _dream_cycle(dream, model, tokenizer, done, cfg.max_steps, curriculum, journal, accelerator)
 
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
             if reason := evaluate(done):
@@ -295,6 +305,29 @@ class _SignalFlag:
             return self.signum
         flag = torch.tensor([self.signum], device=accelerator.device)
         return int(accelerator.reduce(flag, "max").item())  # every rank stops at the same step
+
+
+def _dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum, journal, accelerator) -> None:
+    """One dream cycle on the main process; the others take its results, so every rank's dream
+    source (and so every rank's batches) stays identical."""
+    from accelerate.utils import broadcast_object_list
+
+    from toolkit.dream.command import run_cycle
+
+    summary = None
+    if accelerator.is_main_process:
+        summary = run_cycle(dream, model, tokenizer, step, step / max_steps, curriculum.phase(step).dream_temperature,
+                            journal)
+    if accelerator.num_processes > 1:
+        states = [dream.state_dict(), dream.source.state_dict(), summary] if accelerator.is_main_process else [None] * 3
+        states = broadcast_object_list(states)
+        if not accelerator.is_main_process:
+            dream.load_state_dict(states[0])
+            dream.source.load_state_dict(states[1])
+        summary = states[2]
+    curriculum.note_failure_rate(dream.policy.failure_rate())  # drives adaptive learning rates
+    accelerator.log({"dream/temperature": summary["temperature"], "dream/pool": summary["pool"],
+                     "dream/pass_rate": summary["passed"] / max(summary["responses"], 1)}, step=step)
 
 
 # ---------------------------------------------------------------- checkpoints and outputs

@@ -1,0 +1,65 @@
+"""Building the dream loop from a recipe, one cycle with its journal entries, and `toolkit dream`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolkit.dream.evaluators import build_evaluator
+from toolkit.dream.loop import DreamLoop
+from toolkit.dream.pool import DreamSource
+
+
+def build_dream(recipe, tokenizer, write: bool = True) -> DreamLoop:
+    """The recipe's dream loop and its (empty) dream source; `write`: this process writes files."""
+    cfg, run_dir = recipe.dream, recipe.output_dir
+    source = DreamSource(cfg, tokenizer, recipe.data.max_length, recipe.run.seed, run_dir, write=write)
+    evaluator = build_evaluator(cfg.evaluator, run_dir, recipe.model)
+    return DreamLoop(cfg, evaluator, source, run_dir, recipe.run.seed, write=write, teacher=_teacher(recipe))
+
+
+def _teacher(recipe):
+    path = recipe.dream.on_failure.teacher
+    if not path:
+        return None
+    from toolkit.model import load_model, load_tokenizer
+
+    return load_model(path, recipe.model).eval(), load_tokenizer(path, recipe.model)
+
+
+def run_cycle(dream: DreamLoop, model, tokenizer, step: int, progress: float, phase_temperature, journal) -> dict:
+    """One cycle, journaled: a `dream` event per judged response and a `dream_cycle` summary."""
+    summary, events = dream.cycle(model, tokenizer, step, progress, phase_temperature)
+    for event in events:
+        journal.event(step, "dream", "info" if event["passed"] else "warn", **event)
+    journal.event(step, "dream_cycle", **summary)
+    return summary
+
+
+def run_standalone(loaded, cycles: int, adapter: Path | None = None) -> dict:
+    """`toolkit dream`: cycles with the recipe's model (and an adapter), no training; the examples
+    land in RUN/dream/ and the journal, ready for a fine-tune to pick up."""
+    import torch
+
+    from toolkit.data.sources import source_texts
+    from toolkit.journal import Journal
+    from toolkit.model import load_model, load_tokenizer, resolve_model_path
+
+    recipe = loaded.recipe
+    run_dir = recipe.output_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.run.seed)
+    base = resolve_model_path(recipe.model, run_dir / "base-model", lambda: source_texts(recipe.data), recipe.run.seed)
+    tokenizer = load_tokenizer(base, recipe.model)
+    model = load_model(base, recipe.model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    dream = build_dream(recipe, tokenizer)
+    journal = Journal(run_dir / "journal.jsonl")
+    journal.event(0, "dream_start", recipe=str(loaded.path), cycles=cycles, adapter=str(adapter) if adapter else None)
+    summary = {}
+    for n in range(cycles):
+        summary = run_cycle(dream, model, tokenizer, n, n / cycles, None, journal)
+    return {**summary, "examples": str(run_dir / "dream" / "examples.jsonl")}

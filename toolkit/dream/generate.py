@@ -1,0 +1,126 @@
+"""Batched sampling for the dream loop: left-padded batches with the KV cache, deterministic under a seed.
+
+Left padding on the hybrid (Gated DeltaNet + full attention) cache is exact in transformers >= 5: the
+model builds a 2-D padding mask for the linear-attention layers (`create_recurrent_attention_mask`) and
+each GDN layer zeroes the pad positions' hidden states before its projections. With no biases the pads
+then feed zeros to the causal conv (the same zeros the conv's own left padding supplies) and a zero
+key/value to the delta rule, so the recurrent state is still zero when the first real token arrives;
+full attention masks the pads and takes positions from the mask. Decode steps carry no padding. So
+batched greedy output equals one-prompt-at-a-time output (tests/test_generate.py checks the token ids).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+CHATML_END = "<|im_end|>"
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt that asks the model for the next assistant turn; plain joined text without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages)
+
+
+def generate(model, tokenizer, prompts: list[str], *, temperature: float, max_new_tokens: int, batch_size: int,
+             seed: int, min_new_tokens: int = 0) -> list[str]:
+    """The new text for each prompt, in input order, ending before the end-of-turn token. temperature <= 0
+    is greedy; the same seed gives the same texts and the caller's global RNG is left as it was.
+    `min_new_tokens` is for benchmarks (every reply the same length)."""
+    eos = eos_token_ids(model, tokenizer)
+    new_ids = generate_ids(model, tokenizer, prompts, temperature=temperature, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, seed=seed, min_new_tokens=min_new_tokens)
+    return [_decode_new(tokenizer, ids, eos) for ids in new_ids]
+
+
+def generate_ids(model, tokenizer, prompts: list[str], *, temperature: float, max_new_tokens: int, batch_size: int,
+                 seed: int, min_new_tokens: int = 0) -> list[list[int]]:
+    """`generate`'s new token ids, up to and including the end-of-turn token (no padding after it)."""
+    ids = [_encode(tokenizer, p) for p in prompts]
+    # Sorting by length keeps prompts of like length together, so batches carry little padding.
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    config = _generation_config(temperature, max_new_tokens, min_new_tokens, eos, pad)
+    device = next(model.parameters()).device
+    results: list[list[int]] = [[] for _ in prompts]
+    with _eval_mode(model), torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(seed)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            input_ids, mask = _left_pad([ids[i] for i in batch], pad, device)
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            for row, i in enumerate(batch):
+                results[i] = _until_eos(out[row, input_ids.shape[1]:].tolist(), eos)
+    return results
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a reply: the model's generation eos, the tokenizer's eos and ChatML's <|im_end|>
+    (a chat-tuned model ends the assistant turn with it even when its config names only <|endoftext|>)."""
+    found = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    found += configured if isinstance(configured, list) else [configured]
+    found.append(tokenizer.eos_token_id)
+    if CHATML_END in tokenizer.get_vocab():
+        found.append(tokenizer.convert_tokens_to_ids(CHATML_END))
+    return list(dict.fromkeys(i for i in found if i is not None))
+
+
+def _encode(tokenizer, prompt: str) -> list[int]:
+    # A chat template already writes the BOS token into the text; don't add a second one.
+    bos = tokenizer.bos_token
+    return tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
+
+
+def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding built by hand, so the caller's tokenizer (its padding_side) is never touched."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return input_ids, mask
+
+
+def _generation_config(temperature: float, max_new_tokens: int, min_new_tokens: int, eos: list[int], pad: int):
+    """Every sampling knob set explicitly: `generate` fills the fields left None from the model's own
+    generation_config (e.g. Qwen's top_k=20, top_p=0.95) and then from global defaults (top_k=50)."""
+    from transformers import GenerationConfig
+
+    # Greedy ignores the samplers (they only run under do_sample); leaving them out avoids a warning.
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+                    epsilon_cutoff=0.0, eta_cutoff=0.0) if temperature > 0 else dict(do_sample=False)
+    return GenerationConfig(
+        **sampling, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, num_return_sequences=1,
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, eos_token_id=eos, pad_token_id=pad,
+        use_cache=True,
+    )
+
+
+def _until_eos(new_ids: list[int], eos: list[int]) -> list[int]:
+    """The ids up to the first end-of-turn token, kept; what generate pads the finished rows with is dropped."""
+    cut = next((k + 1 for k, t in enumerate(new_ids) if t in eos), len(new_ids))
+    return new_ids[:cut]
+
+
+def _decode_new(tokenizer, new_ids: list[int], eos: list[int]) -> str:
+    # Drop the end-of-turn token ourselves: one that is not a special token would survive skip_special_tokens.
+    return tokenizer.decode([t for t in new_ids if t not in eos], skip_special_tokens=True)
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+@contextmanager
+def _eval_mode(model):
+    """Eval mode (no dropout) while generating, then the model's previous mode back."""
+    modes = [(m, m.training) for m in model.modules()]  # per module: a caller may have frozen some in eval
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -1,0 +1,202 @@
+"""The dream loop (seed 003): the model writes scenarios from seed situations at the scenario
+temperature, answers each at the response temperature, an evaluator judges, and failures become
+training data (STaR / ReST-EM: keep what passes; SPIN-style pairs for preference training later).
+
+    cycle = dream.cycle(model, tokenizer, step, progress, phase_temperature)
+
+The constitution is in the prompt when generating and stripped from what is trained on (seed 002).
+Seeds whose scenarios always pass or always fail teach little (DAPO's filter): they are drawn with
+weight `zpd_floor`, so cycles dwell at the model's decision boundary, the zone of proximal development.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from toolkit.data.sources import stable_seed
+from toolkit.dream.generate import chat_prompt, generate
+from toolkit.dream.pool import DreamSource
+from toolkit.dream.temperature import TemperaturePolicy
+from toolkit.errors import ToolkitError
+from toolkit.journal import JsonlWriter
+
+PASS_RATE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # pass-rate histogram: 0, (0, .25], ..., (.75, 1) and 1
+
+
+class DreamLoop:
+    def __init__(self, cfg, evaluator, source: DreamSource, run_dir: Path, seed: int, write: bool = True,
+                 teacher=None):
+        self.cfg, self.evaluator, self.source, self.teacher = cfg, evaluator, source, teacher
+        self.seed = seed
+        self.seeds = load_seeds(cfg.seeds)
+        self.constitution = read_constitution(cfg.constitution)
+        self.policy = TemperaturePolicy(cfg.scenario_temperature)
+        self.rng = random.Random(stable_seed(seed, "dream"))
+        self.cycles = 0
+        self.seed_outcomes: dict[str, list[int]] = {}  # seed id -> [passed, evaluated], over all cycles
+        self.pairs = JsonlWriter(Path(run_dir) / "dream" / "pairs.jsonl", enabled=write)
+
+    def due(self, step: int) -> bool:
+        return step > 0 and step % self.cfg.every == 0
+
+    # ---------------------------------------------------------------- one cycle
+
+    def cycle(self, model, tokenizer, step: int, progress: float, phase_temperature=None) -> tuple[dict, list[dict]]:
+        """Run one cycle; returns (summary, one record per judged response) for the journal."""
+        cfg = self.cfg
+        failure_rate = self.policy.failure_rate()  # the rate that sets this cycle's temperature
+        temperature = self.policy.temperature(progress, phase_temperature)
+        picked = self._pick_seeds()
+        scenarios = self._write_scenarios(model, tokenizer, picked, temperature)
+        asked = [s for s in scenarios for _ in range(cfg.samples_per_scenario)]
+        responses = generate(model, tokenizer, [self._prompt(tokenizer, s) for s in asked],
+                             temperature=cfg.response_temperature, max_new_tokens=cfg.response_max_new_tokens,
+                             batch_size=cfg.batch_size, seed=stable_seed(self.seed, "responses", self.cycles))
+        verdicts = self.evaluator.evaluate(asked, responses)
+        self.policy.record([v.passed for v in verdicts])
+        events, rates = [], []
+        for i, (seed_row, scenario) in enumerate(zip(picked, scenarios)):
+            mine = range(i * cfg.samples_per_scenario, (i + 1) * cfg.samples_per_scenario)
+            passed = [verdicts[j].passed for j in mine]
+            rate = sum(passed) / len(passed)
+            rates.append(rate)
+            outcome = self.seed_outcomes.setdefault(seed_row["id"], [0, 0])
+            outcome[0], outcome[1] = outcome[0] + sum(passed), outcome[1] + len(passed)
+            for j in mine:
+                events.append({"temperature": temperature, "failure_rate": failure_rate, "seed": seed_row["id"],
+                               "scenario": scenario, "response": responses[j], "score": verdicts[j].score,
+                               "passed": verdicts[j].passed, "reason": verdicts[j].reason})
+            failed = [responses[j] for j in mine if not verdicts[j].passed]
+            if failed:
+                self._learn(model, tokenizer, seed_row, scenario, failed, rate, step)
+        self.cycles += 1
+        summary = {"cycle": self.cycles, "temperature": temperature, "failure_rate": failure_rate,
+                   "scenarios": len(scenarios), "responses": len(responses),
+                   "passed": sum(v.passed for v in verdicts), "pass_rate_histogram": histogram(rates),
+                   "pool": len(self.source.records), "new_failure_rate": self.policy.failure_rate()}
+        return summary, events
+
+    def _pick_seeds(self) -> list[dict]:
+        weights = [self._seed_weight(s["id"]) for s in self.seeds]
+        return self.rng.choices(self.seeds, weights=weights, k=self.cfg.scenarios_per_cycle)
+
+    def _seed_weight(self, seed_id: str) -> float:
+        passed, total = self.seed_outcomes.get(seed_id, (0, 0))
+        if total and passed in (0, total):  # always right or always wrong so far: little to learn
+            return self.cfg.zpd_floor
+        return 1.0
+
+    def _write_scenarios(self, model, tokenizer, picked: list[dict], temperature: float) -> list[str]:
+        constitution = f"{self.constitution}\n\n" if self.constitution else ""
+        prompts = [chat_prompt(tokenizer, [{"role": "user", "content": self.cfg.scenario_prompt.format(
+            constitution=constitution, situation=s["situation"])}]) for s in picked]
+        written = generate(model, tokenizer, prompts, temperature=temperature,
+                           max_new_tokens=self.cfg.scenario_max_new_tokens, batch_size=self.cfg.batch_size,
+                           seed=stable_seed(self.seed, "scenarios", self.cycles))
+        # a model that writes nothing usable yet (early, or tiny) is asked the situation itself
+        return [text.strip() or s["situation"] for text, s in zip(written, picked)]
+
+    def _prompt(self, tokenizer, scenario: str) -> str:
+        messages = [{"role": "system", "content": self.constitution}] if self.constitution else []
+        return chat_prompt(tokenizer, messages + [{"role": "user", "content": scenario}])
+
+    # ---------------------------------------------------------------- failures become data
+
+    def _learn(self, model, tokenizer, seed_row: dict, scenario: str, failed: list[str], rate: float,
+               step: int) -> None:
+        strategy = self.cfg.on_failure.strategy
+        if strategy == "reference":
+            target = seed_row.get("reference") or self._teacher_answer(scenario)
+        else:
+            target = self._best_of_k(model, tokenizer, scenario)
+        if target is None:
+            return  # nothing passing to learn from this time; the seed stays in the pool of situations
+        meta = {"step": step, "seed": seed_row["id"], "tags": seed_row.get("tags", []), "pass_rate": rate,
+                "strategy": strategy}
+        user = [{"role": "user", "content": scenario}]  # no constitution: it is stripped from training
+        if strategy == "pairs":
+            for rejected in failed:  # TRL's conversational preference format
+                self.pairs.write({"prompt": user, "chosen": [{"role": "assistant", "content": target}],
+                                  "rejected": [{"role": "assistant", "content": rejected}], **meta})
+            return
+        self.source.add({"messages": user + [{"role": "assistant", "content": target}], **meta})
+
+    def _best_of_k(self, model, tokenizer, scenario: str) -> str | None:
+        """Rejection sampling: k answers at the failure temperature; the best that passes, if any."""
+        k = self.cfg.on_failure.k
+        prompt = self._prompt(tokenizer, scenario)
+        answers = generate(model, tokenizer, [prompt] * k, temperature=self.cfg.on_failure.temperature,
+                           max_new_tokens=self.cfg.response_max_new_tokens, batch_size=self.cfg.batch_size,
+                           seed=stable_seed(self.seed, "best_of_k", self.cycles, scenario))
+        verdicts = self.evaluator.evaluate([scenario] * k, answers)
+        passing = [(v.score, -i) for i, v in enumerate(verdicts) if v.passed and answers[i].strip()]
+        return answers[-max(passing)[1]] if passing else None
+
+    def _teacher_answer(self, scenario: str) -> str | None:
+        if self.teacher is None:
+            return None
+        model, tokenizer = self.teacher
+        return generate(model, tokenizer, [self._prompt(tokenizer, scenario)],
+                        temperature=self.cfg.response_temperature, max_new_tokens=self.cfg.response_max_new_tokens,
+                        batch_size=1, seed=stable_seed(self.seed, "teacher", self.cycles, scenario))[0].strip() or None
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "cycles": self.cycles, "policy": self.policy.state_dict(),
+                "seed_outcomes": {k: list(v) for k, v in self.seed_outcomes.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.cycles = state["cycles"]
+        self.policy.load_state_dict(state["policy"])
+        self.seed_outcomes = {k: list(v) for k, v in state["seed_outcomes"].items()}
+
+
+def histogram(rates: list[float]) -> dict[str, int]:
+    """Scenarios by pass rate: never, (0, .25], (.25, .5], (.5, .75], (.75, 1), always."""
+    counts = Counter()
+    for rate in rates:
+        if rate == 0 or rate == 1:
+            counts["never" if rate == 0 else "always"] += 1
+        else:
+            upper = next(b for b in PASS_RATE_BINS[1:] if rate <= b or b == 1.0)
+            counts[f"<={upper:g}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def load_seeds(path: str) -> list[dict]:
+    """Seed situations: JSONL rows {"situation", "tags"?, "tier"?, "reference"?, "id"?}."""
+    rows, file = [], Path(path)
+    if not file.is_file():
+        raise ToolkitError(f"dream seeds file not found: {path}", key="dream.seeds")
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ToolkitError(f"not valid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("situation"), str) or not row["situation"].strip():
+            raise ToolkitError("a seed needs a non-empty \"situation\" string", where=f"{path}:{lineno}")
+        rows.append({**row, "id": str(row.get("id", f"{file.name}:{lineno}"))})
+    if not rows:
+        raise ToolkitError("the dream seeds file holds no seeds", where=path)
+    return rows
+
+
+def read_constitution(value: str | None) -> str:
+    """The constitution: inline text, or the contents of a file the value names."""
+    if not value:
+        return ""
+    path = Path(value)
+    if len(value) < 4096 and "\n" not in value and path.suffix in (".txt", ".md") :
+        if not path.is_file():
+            raise ToolkitError(f"constitution file not found: {value}", key="dream.constitution")
+        return path.read_text(encoding="utf-8").strip()
+    return value.strip()
