@@ -221,3 +221,37 @@ def test_journal_event_schema_for_dream(tmp_path, tiny_model_and_tokenizer):
     run_cycle(loop, model, tokenizer, 5, 0.1, None, Journal(tmp_path / "journal.jsonl"))
     for event in read_jsonl(tmp_path / "journal.jsonl"):
         assert set(event) == {"step", "time", "kind", "severity", "data"}
+
+
+SCRIPT: list[bool] = []  # the scripted evaluator's verdicts, consumed in order
+
+
+def scripted(scenario: str, response: str) -> float:
+    return 1.0 if SCRIPT.pop(0) else 0.0
+
+
+def test_adaptive_temperature_is_exactly_base_plus_gain_times_the_window_failure_rate(tmp_path, tiny_model_and_tokenizer):
+    """Seed 003: T = 0.5 + 0.7 x the failure rate of the last 20 outcomes, with a scripted evaluator."""
+    model, tokenizer = tiny_model_and_tokenizer
+    cfg = dream_cfg(tmp_path, evaluator={"kind": "python", "function": f"{__name__}:scripted"},
+                    on_failure={"strategy": "reference"}, scenarios_per_cycle=4, samples_per_scenario=2)
+    loop = make_loop(tmp_path, tokenizer, cfg)
+    outcomes: list[bool] = []
+    plan = [[True] * 8, [False] * 8, [True, False] * 4, [False] * 6 + [True] * 2, [True] * 8]
+    for n, verdicts in enumerate(plan):
+        SCRIPT[:] = list(verdicts)
+        window = outcomes[-20:]
+        expected = 0.5 + 0.7 * (1 - sum(window) / len(window)) if window else 1.2
+        summary, _ = loop.cycle(model, tokenizer, step=5 * (n + 1), progress=0.5)
+        assert summary["temperature"] == pytest.approx(expected, abs=1e-12), n
+        outcomes += verdicts
+    assert not SCRIPT
+
+
+@pytest.mark.parametrize("progress, expected", [(0.0, 1.2), (0.05, 1.2), (0.3, 0.9), (0.7, 0.7), (0.95, 0.5)])
+def test_schedule_mode_follows_seed_003(tmp_path, tiny_model_and_tokenizer, progress, expected):
+    model, tokenizer = tiny_model_and_tokenizer
+    loop = make_loop(tmp_path, tokenizer, dream_cfg(tmp_path, scenario_temperature={"mode": "schedule"},
+                                                    scenarios_per_cycle=1, samples_per_scenario=1))
+    summary, _ = loop.cycle(model, tokenizer, step=5, progress=progress)
+    assert summary["temperature"] == expected

@@ -22,6 +22,16 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors run fastest on one thread, and a busy 2-core machine can stall a second intra-op thread
+    on every op (this module went from ~6 s to ~55 s that way); restored for the other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _fresh_model(model_dir):
     """Our own copy of a tiny hybrid (the session fixture is shared), with larger random weights: at the
     default init it just repeats the last token, which would make every comparison trivially equal."""

@@ -229,7 +229,7 @@ class MonitorConfig(Section):
 
 class TemperatureConfig(Section):
     """The scenario temperature (seed 003): adaptive = base + gain x the failure rate of the last
-    `window` cycles; schedule = [[until_progress, temperature], ...] by training progress; fixed = value."""
+    `window` judged responses; schedule = [[until_progress, temperature], ...] by training progress; fixed = value."""
 
     mode: Literal["adaptive", "schedule", "fixed"] = "adaptive"
     base: float = Field(0.5, gt=0)

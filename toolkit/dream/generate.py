@@ -1,12 +1,15 @@
 """Batched sampling for the dream loop: left-padded batches with the KV cache, deterministic under a seed.
 
-Left padding on the hybrid (Gated DeltaNet + full attention) cache is exact in transformers >= 5: the
-model builds a 2-D padding mask for the linear-attention layers (`create_recurrent_attention_mask`) and
-each GDN layer zeroes the pad positions' hidden states before its projections. With no biases the pads
-then feed zeros to the causal conv (the same zeros the conv's own left padding supplies) and a zero
-key/value to the delta rule, so the recurrent state is still zero when the first real token arrives;
-full attention masks the pads and takes positions from the mask. Decode steps carry no padding. So
-batched greedy output equals one-prompt-at-a-time output (tests/test_generate.py checks the token ids).
+Left padding on the hybrid (Gated DeltaNet + full attention) cache is handled by transformers 5 itself,
+so plain left-padded batches are used: the model builds a 2-D padding mask for the linear-attention
+layers (`create_recurrent_attention_mask`) and each GDN layer multiplies the pad positions' hidden states
+by zero before its projections (`apply_mask_to_padding_states`). Qwen3.5's GDN projections and conv have
+no bias, so pads feed the causal conv the same zeros its own left padding would and give the delta rule a
+zero key and value: the recurrent state is still zero when the first real token arrives. Full attention
+masks the pads and takes positions from the mask; single-token decode steps carry no padding. The result
+equals one-prompt-at-a-time generation up to float rounding (pads shift the delta rule's 64-token
+chunks), and tests/test_generate.py checks greedy token ids are identical. Without that masking the pad
+embedding leaks into the GDN state and batched outputs differ.
 """
 
 from __future__ import annotations
