@@ -166,10 +166,11 @@ def test_a_dream_recipe_needs_seeds_and_an_evaluator():
 # ---------------------------------------------------------------- inside the training loop, and standalone
 
 
-def dream_recipe(tmp_path: Path, model_dir: Path, name: str) -> Path:
+def dream_recipe(tmp_path: Path, model_dir: Path, name: str, **train) -> Path:
     from test_train import write_recipe
 
-    recipe = write_recipe(tmp_path, model_dir, name, dropout=0.0, max_steps=12, checkpoint_every=6, eval_every=6)
+    recipe = write_recipe(tmp_path, model_dir, name, dropout=0.0, max_steps=12, checkpoint_every=6, eval_every=6,
+                          **train)
     data = json.loads(recipe.read_text())
     data["dream"] = {"enabled": True, "every": 4, "seeds": str(write_seeds(tmp_path / "seeds.jsonl")),
                      "scenarios_per_cycle": 2, "samples_per_scenario": 2, "scenario_max_new_tokens": 8,
@@ -255,3 +256,25 @@ def test_schedule_mode_follows_seed_003(tmp_path, tiny_model_and_tokenizer, prog
                                                     scenarios_per_cycle=1, samples_per_scenario=1))
     summary, _ = loop.cycle(model, tokenizer, step=5, progress=progress)
     assert summary["temperature"] == expected
+
+
+def test_two_processes_dream_once_and_draw_the_same(tmp_path, tiny_model_dir):
+    """Rank 0 dreams and broadcasts its pool, so both ranks draw (and train on) the same dream batches."""
+    import subprocess
+    import sys
+
+    from test_train import REPO, draws, losses, run_toolkit
+
+    single = dream_recipe(tmp_path, tiny_model_dir, "single", batch_size=2, grad_accum=2)
+    double = dream_recipe(tmp_path, tiny_model_dir, "double", batch_size=2, grad_accum=1)
+    run_toolkit("finetune", str(single))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "toolkit", "finetune", str(double)]
+    out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert draws(tmp_path / "double") == draws(tmp_path / "single") and "dream" in draws(tmp_path / "double").values()
+    one, two = losses(tmp_path / "single"), losses(tmp_path / "double")
+    assert all(abs(one[s] - two[s]) <= 1e-4 for s in one)
+    cycles = [e for e in read_jsonl(tmp_path / "double" / "journal.jsonl") if e["kind"] == "dream_cycle"]
+    assert len(cycles) == 3  # written once, by rank 0
