@@ -47,6 +47,7 @@ class Src:
     name: str
     tier: int | None = None
     weight: float = 1.0
+    train: tuple = ("an example",)  # the curriculum draws only sources that hold examples
 
 
 @dataclass(frozen=True)
@@ -732,7 +733,8 @@ def test_explain_tiers_and_an_adaptive_phase(capsys):
     assert code == 0 and info["phase"] == "maintenance" and info["lr_mode"] == "adaptive"
     low, high = info["lr_at_range_ends"]
     assert isinstance(info["lr"], float) and low < info["lr"] < high
-    assert info["eligible_sources"] == ["tier1", "tier2", "tier3"]
+    assert info["eligible_sources"] == ["tier1", "tier2", "tier3", "dream"]  # the dream loop's source, tier 2
+    assert info["dream_source"] == "dream"
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -41,6 +41,8 @@ def explain(loaded, step: int, source: str | None = None) -> dict:
         "floors": {n: cfg.floors[n] for n in eligible if n in cfg.floors},
         "decided_by": {"phase": loaded.where(phase.key), "tiers": loaded.where(tiers_key)},
     }
+    if recipe.dream.enabled:  # eligible by the recipe, drawn once the dream loop has added an example
+        out["dream_source"] = recipe.dream.source
     if phase.lr is None:
         out["lr_range"] = list(phase.lr_range)
         out["lr_at_range_ends"] = [plan.lr_at(step, 0.0), plan.lr_at(step, 1.0)]
@@ -66,6 +68,8 @@ def render_explain(info: dict) -> str:
         f"  sampler: {info['sampler']}" + (f"; caps {info['caps']}" if info["caps"] else "")
         + (f"; floors {info['floors']}" if info["floors"] else ""),
     ]
+    if info.get("dream_source") in info["eligible_sources"]:
+        lines.append(f"  ({info['dream_source']} is the dream loop's source: drawn once it holds an example)")
     warmup = info["warmup"]
     if warmup["steps"]:
         state = "active" if warmup["active"] else "over"
