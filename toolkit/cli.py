@@ -116,6 +116,29 @@ def dream(
     typer.echo("\n".join(f"{k:<20} {v}" for k, v in summary.items()))
 
 
+@app.command("journal")
+def journal_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds journal.jsonl).")],
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="Only events of this kind (repeatable).")] = None,
+    severity: Annotated[str | None, typer.Option("--severity", help="Only events at or above: info, warn, high, "
+                                                                    "critical.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", min=1, help="Only the last N matching events.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The matching events as JSON lines.")] = False,
+):
+    """Show a run's journal, filtered by kind and severity."""
+    import json
+
+    from toolkit.journal import SEVERITIES, filter_events, read_jsonl, render_event
+
+    path = run_dir / "journal.jsonl"
+    if not path.is_file():
+        raise ToolkitError("no journal.jsonl: is this a run directory?", where=str(run_dir))
+    if severity is not None and severity not in SEVERITIES:
+        raise ToolkitError(f"unknown severity '{severity}'", where="--severity", hint=f"one of {', '.join(SEVERITIES)}")
+    events = filter_events(read_jsonl(path), kind, severity)[-tail if tail else None:]
+    typer.echo("\n".join(json.dumps(e) if as_json else render_event(e) for e in events))
+
+
 curriculum_app = typer.Typer(no_args_is_help=True, help="Read a recipe's curriculum: explain a step, plot the timeline.")
 app.add_typer(curriculum_app, name="curriculum")
 

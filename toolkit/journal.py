@@ -52,3 +52,23 @@ def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def filter_events(events: list[dict], kinds: list[str] | None = None, severity: str | None = None) -> list[dict]:
+    """Events of the given kinds at or above a severity (kinds None or empty: every kind)."""
+    floor = SEVERITIES.index(severity) if severity else 0
+    return [e for e in events if (not kinds or e["kind"] in kinds) and SEVERITIES.index(e["severity"]) >= floor]
+
+
+def render_event(event: dict, width: int = 160) -> str:
+    """One line: step, time, severity, kind, then the data as key=value, cut to `width`."""
+    when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    data = " ".join(f"{k}={_short(v)}" for k, v in event["data"].items())
+    line = f"{event['step']:>7}  {when}  {event['severity']:<8} {event['kind']:<16} {data}"
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=_jsonable) if not isinstance(value, str) else value
+    text = " ".join(text.split())
+    return text if len(text) <= 60 else text[:57] + "..."
