@@ -23,6 +23,7 @@ from toolkit.data.sources import load_sources, source_texts
 from toolkit.errors import ToolkitError
 from toolkit.journal import Journal, JsonlWriter
 from toolkit.model import load_model, load_tokenizer, resolve_model_path
+from toolkit.monitor.core import EXIT_PAUSED, Monitor
 from toolkit.recipe import LoadedRecipe, dump_recipe
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.guard import EXIT_DIVERGED, DivergenceGuard
@@ -89,9 +90,12 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     # ---- optimizer; restore everything from the checkpoint before the first step
     model.to(accelerator.device)
     optimizer = _adamw(model, cfg)
+    monitor = Monitor(recipe.monitor, recipe.run.seed) if recipe.monitor.enabled else None
     components = {"sources": sources, "curriculum": curriculum, "guard": guard}
     if dream is not None:
         components["dream"] = dream
+    if monitor is not None:
+        components["monitor"] = monitor
     start_step = 0
     if resume_from is not None:
         start_step = _restore(resume_from, model, optimizer, components, accelerator.process_index)
@@ -129,8 +133,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     def stop(step: int, reason: str, code: int) -> int:
         progress.close()
         path = save(step)
-        kind = {0: "planned_stop", EXIT_DIVERGED: "guard_stop"}.get(code, "signal_stop")
-        journal.event(step, kind, "info" if code == 0 else "critical",
+        kind = {0: "planned_stop", EXIT_DIVERGED: "guard_stop", EXIT_PAUSED: "pause"}.get(code, "signal_stop")
+        journal.event(step, kind, {0: "info", EXIT_PAUSED: "high"}.get(code, "critical"),
                       reason=reason, checkpoint=str(path), resume=f"{loaded.command_line(command)} --resume")
         accelerator.print(f"stopped at step {step}: {reason}; checkpoint {path}")
         accelerator.end_training()
@@ -193,6 +197,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         progress.update(done, loss=loss, tokens_per_s=row["tokens_per_s"], lr=row["lr"])
         if dream is not None and dream.due(done):
             _dream_cycle(dream, model, tokenizer, done, cfg.max_steps, curriculum, journal, accelerator)
+        if monitor is not None and (reason := _watch(monitor, model, tokenizer, done, loss, grad_norm, source.name,
+                                                     curriculum, journal, accelerator)):
+            return stop(done, reason, EXIT_PAUSED)
 
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
             if reason := evaluate(done):
@@ -328,6 +335,31 @@ def _dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum,
     curriculum.note_failure_rate(dream.policy.failure_rate())  # drives adaptive learning rates
     accelerator.log({"dream/temperature": summary["temperature"], "dream/pool": summary["pool"],
                      "dream/pass_rate": summary["passed"] / max(summary["responses"], 1)}, step=step)
+
+
+def _watch(monitor, model, tokenizer, step: int, loss: float, grad_norm: float, source: str, curriculum, journal,
+           accelerator) -> str | None:
+    """The understanding module after a step: spikes, and every audit_every steps a sample audit (on the
+    main process, its findings shared so every rank penalizes and pauses alike). Returns a pause reason."""
+    from accelerate.utils import broadcast_object_list
+
+    findings = monitor.after_step(step, loss, grad_norm, source)
+    if monitor.due(step):
+        audit = monitor.audit(model, tokenizer, step) if accelerator.is_main_process else None
+        if accelerator.num_processes > 1:
+            audit = broadcast_object_list([audit])[0]
+        samples, audit_findings = audit
+        journal.event(step, "audit", samples=samples)
+        penalized = monitor.penalize(curriculum, audit_findings)
+        if penalized:
+            journal.event(step, "penalize", "warn", repetition_by_source=penalized)
+        findings += audit_findings
+    for f in findings:
+        data = {k: v for k, v in f.data.items() if k not in ("step", "kind", "severity")}  # the event has those
+        journal.event(step, f.detector, f.severity, **{**data, "value": f.value, "message": f.message})
+        if f.severity in ("high", "critical"):
+            accelerator.print(f"step {step}: {f.severity} {f.detector}: {f.message}")
+    return monitor.pause_reason(findings)
 
 
 # ---------------------------------------------------------------- checkpoints and outputs
