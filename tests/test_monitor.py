@@ -68,3 +68,28 @@ def test_a_planted_bias_pattern_pauses_a_run(tmp_path, tiny_model_dir):
     assert pause["step"] == 4 and "bias high" in pause["data"]["reason"]
     bias = [e for e in journal if e["kind"] == "bias"]
     assert bias and bias[0]["data"]["pattern"] == "planted"
+
+
+def test_monitor_state_resumes_exactly(tmp_path, tiny_model_dir):
+    """Spike histories and draws since the last audit are in the checkpoint: a stop and resume finds
+    exactly what an uninterrupted run finds."""
+    from test_train import losses, run_toolkit
+
+    rows = [{"messages": [{"role": "user", "content": f"Say something {i}."},
+                          {"role": "assistant", "content": " ".join(["region"] * 40)}]} for i in range(16)]
+    monitor = {"audit_every": 8, "probes": ["Say something."], "max_new_tokens": 40,
+               "spikes": {"window": 4, "warn_z": 1.0, "high_z": 2.0}}
+
+    def findings(run_dir):
+        return [(e["step"], e["kind"], e["severity"], e["data"].get("value")) for e in read_jsonl(run_dir / "journal.jsonl")
+                if e["kind"] in ("repetition", "formatting", "bias", "loss_spike", "grad_norm_spike", "penalize")]
+
+    whole = monitored_recipe(tmp_path, tiny_model_dir, "whole", monitor, rows, max_steps=16, lr=1e-2,
+                             checkpoint_every=16, eval_every=16)
+    run_toolkit("finetune", str(whole))
+    split = monitored_recipe(tmp_path, tiny_model_dir, "split", monitor, rows, max_steps=16, lr=1e-2,
+                             checkpoint_every=16, eval_every=16)
+    run_toolkit("finetune", str(split), "--stop-at", "5")
+    run_toolkit("finetune", str(split), "--resume")
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert findings(tmp_path / "split") == findings(tmp_path / "whole") and findings(tmp_path / "whole")

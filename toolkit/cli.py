@@ -139,6 +139,31 @@ def journal_command(
     typer.echo("\n".join(json.dumps(e) if as_json else render_event(e) for e in events))
 
 
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds journal.jsonl), training or done.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but 127.0.0.1/localhost needs "
+                                                     "a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8765,
+    token: Annotated[str | None, typer.Option("--token", envvar="TOOLKIT_SERVE_TOKEN",
+                                              help="Require Authorization: Bearer TOKEN (or ?token=) on every "
+                                                   "request (env TOOLKIT_SERVE_TOKEN).")] = None,
+):
+    """Talk to the newest checkpoint while the run trains, and watch loss, draws, dreams and alerts live."""
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        raise ToolkitError(f"binding {host} exposes the model to the network: a token is required", where="--host",
+                           hint="pass --token TOKEN or set TOOLKIT_SERVE_TOKEN, or bind 127.0.0.1")
+    from toolkit.serve.app import create_app
+
+    fastapi_app = create_app(run_dir, token=token)
+    _quiet_libraries()
+    import uvicorn
+
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/" + ("?token=TOKEN" if token else "")
+    typer.echo(f"serving {run_dir} at {url}  (Ctrl-C stops)")
+    uvicorn.run(fastapi_app, host=host, port=port, log_level="warning")
+
+
 curriculum_app = typer.Typer(no_args_is_help=True, help="Read a recipe's curriculum: explain a step, plot the timeline.")
 app.add_typer(curriculum_app, name="curriculum")
 

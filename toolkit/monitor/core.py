@@ -33,7 +33,8 @@ class Monitor:
             BiasDetector(patterns_path=cfg.bias.patterns, severity=cfg.bias.severity),
         ]
         spikes = cfg.spikes
-        self.spikes = {name: SpikeDetector(name, window=spikes.window, warn_z=spikes.warn_z, high_z=spikes.high_z)
+        self.spikes = {name: SpikeDetector(name, window=spikes.window, warn_z=spikes.warn_z, high_z=spikes.high_z,
+                                           min_history=min(10, spikes.window))
                        for name in ("loss_spike", "grad_norm_spike")}
         self.drawn: Counter = Counter()  # sources drawn since the last audit
 

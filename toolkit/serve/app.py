@@ -1,0 +1,256 @@
+"""The exploration server's FastAPI app: a JSON API over a run directory, a chat endpoint on the newest
+checkpoint, and one self-contained page (page.html, no outside resources).
+
+Reload: every chat request asks `latest_checkpoint(run_dir)` for the newest complete `checkpoints/step-N/`;
+when N differs from the loaded step, the weights are loaded again (adapter on its base, or the full model)
+before answering. One lock guards loading and generation, so concurrent requests never see half a model.
+
+Security: the CLI binds 127.0.0.1 unless told otherwise, and any other host needs a token. With a token,
+every route (the page included) needs `Authorization: Bearer TOKEN` or `?token=TOKEN`; else 401.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections import Counter
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from toolkit.errors import ToolkitError
+from toolkit.journal import SEVERITIES
+from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
+
+PAGE = Path(__file__).with_name("page.html")
+TINY_HYBRID = "tiny-hybrid"
+
+
+def read_rows(path: Path) -> list[dict]:
+    """JSON lines, skipping a line the training process is still writing (or any broken one)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    match = STEP_DIR.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+class NoCheckpoint(Exception):
+    pass
+
+
+class ModelHolder:
+    """The newest checkpoint's model and tokenizer, loaded on first use and reloaded when a newer one appears."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.lock = threading.Lock()
+        self.model = None
+        self.tokenizer = None
+        self.step: int | None = None
+        self.calls = 0
+
+    def newest(self) -> tuple[int | None, Path | None]:
+        path = latest_checkpoint(self.run_dir)
+        return checkpoint_step(path), path
+
+    def _ensure(self) -> None:
+        """Called under the lock: (re)load when the newest checkpoint is not the loaded one."""
+        for attempt in range(3):  # keep_last may delete a checkpoint while we read it: try the newer one
+            step, path = self.newest()
+            if path is None:
+                if self.model is not None:  # checkpoints vanished; keep answering with what we have
+                    return
+                raise NoCheckpoint("no checkpoint yet: the run writes its first one at train.checkpoint_every; "
+                                   "try again then")
+            if step == self.step and self.model is not None:
+                return
+            try:
+                self._load(path)
+            except (OSError, ValueError, ToolkitError):
+                if attempt == 2:
+                    raise
+                continue
+            self.step = step
+            return
+
+    def _load(self, ckpt_dir: Path) -> None:
+        import torch
+
+        from toolkit.model import load_model, load_tokenizer
+
+        model_cfg = self._model_config()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        adapter, full = ckpt_dir / "adapter", ckpt_dir / "model"
+        if (adapter / "adapter_config.json").is_file():
+            from toolkit.lora import load_adapter
+
+            tokenizer = load_tokenizer(str(adapter), model_cfg)
+            base = load_model(self._base_path(adapter, model_cfg), model_cfg, dtype=dtype)
+            model = load_adapter(base, adapter)
+        elif (full / "config.json").is_file():
+            tokenizer = load_tokenizer(str(full), model_cfg)
+            model = load_model(str(full), model_cfg, dtype=dtype)
+        else:
+            raise ToolkitError("checkpoint holds neither adapter/ nor model/", where=str(ckpt_dir))
+        model.to(device)
+        model.eval()
+        self.model, self.tokenizer = None, None  # drop the old weights before keeping the new
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.model, self.tokenizer = model, tokenizer
+
+    def _model_config(self):
+        import yaml
+
+        from toolkit.recipe import ModelConfig
+
+        recipe_path = self.run_dir / "resolved_recipe.yaml"
+        section = {}
+        if recipe_path.is_file():
+            section = (yaml.safe_load(recipe_path.read_text()) or {}).get("model") or {}
+        try:
+            return ModelConfig.model_validate(section)
+        except ValueError:
+            return ModelConfig(name_or_path=str(section.get("name_or_path", TINY_HYBRID)))
+
+    def _base_path(self, adapter: Path, model_cfg) -> str:
+        """The adapter's base: the recipe's model (RUN/base-model for tiny-hybrid), else adapter_config's."""
+        if model_cfg.name_or_path == TINY_HYBRID and (self.run_dir / "base-model" / "config.json").is_file():
+            return str(self.run_dir / "base-model")
+        if (self.run_dir / "resolved_recipe.yaml").is_file() and model_cfg.name_or_path != TINY_HYBRID:
+            return model_cfg.name_or_path
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        base = config.get("base_model_name_or_path")
+        if not base:
+            raise ToolkitError("cannot tell the adapter's base model", where=str(adapter / "adapter_config.json"))
+        return base
+
+    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int) -> tuple[str, int]:
+        from toolkit.dream.generate import chat_prompt, generate
+
+        with self.lock:
+            self._ensure()
+            self.calls += 1
+            prompt = chat_prompt(self.tokenizer, messages)
+            reply = generate(self.model, self.tokenizer, [prompt], temperature=temperature,
+                             max_new_tokens=max_new_tokens, batch_size=1, seed=self.calls)[0]
+            return reply, self.step
+
+
+class Message(BaseModel):
+    role: str = Field(pattern="^(system|user|assistant)$")
+    content: str
+
+
+class ChatRequest(BaseModel):
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    max_new_tokens: int = Field(128, ge=1, le=2048)
+
+
+def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.0) -> FastAPI:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ToolkitError("run directory not found", where=str(run_dir))
+    if not (run_dir / "journal.jsonl").is_file():
+        raise ToolkitError("no journal.jsonl: is this a run directory?", where=str(run_dir))
+    metrics_path, journal_path = run_dir / "metrics.jsonl", run_dir / "journal.jsonl"
+    holder = ModelHolder(run_dir)
+
+    def authorize(request: Request) -> None:
+        if not token:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong token: send Authorization: Bearer TOKEN (or ?token=TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="toolkit serve", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(authorize)])
+    app.state.holder = holder
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return PAGE.read_text().replace("__POLL_MS__", str(int(poll_seconds * 1000)))
+
+    @app.get("/api/status")
+    def status():
+        steps = [r["step"] for r in read_rows(metrics_path) if "loss" in r]
+        newest, _ = holder.newest()
+        return {"run_dir": str(run_dir), "step": max(steps) if steps else 0,
+                "checkpoint_step": holder.step if holder.model is not None else newest,
+                "newest_checkpoint_step": newest, "model_loaded": holder.model is not None}
+
+    @app.get("/api/metrics")
+    def metrics(since: int = -1):
+        rows, val = [], []
+        for r in read_rows(metrics_path):
+            if r.get("step", -1) <= since:
+                continue
+            if "loss" in r:
+                rows.append({k: r.get(k) for k in ("step", "loss", "lr", "source", "phase")})
+            elif "val_loss" in r:
+                val.append({"step": r["step"], "val_loss": r["val_loss"]})
+        return {"rows": rows, "val": val}
+
+    @app.get("/api/draws")
+    def draws():
+        counts = Counter(r["source"] for r in read_rows(metrics_path) if "source" in r)
+        return {"draws": dict(sorted(counts.items())), "total": sum(counts.values())}
+
+    @app.get("/api/dream")
+    def dream():
+        cycles = []
+        for e in read_rows(journal_path):
+            if e.get("kind") == "dream_cycle":
+                d = e.get("data", {})
+                cycles.append({"step": e["step"], "temperature": d.get("temperature"),
+                               "failure_rate": d.get("failure_rate"), "passed": d.get("passed"),
+                               "responses": d.get("responses")})
+        return {"cycles": cycles}
+
+    @app.get("/api/alerts")
+    def alerts(severity: str = "warn"):
+        if severity not in SEVERITIES:
+            raise HTTPException(400, f"unknown severity '{severity}': one of {', '.join(SEVERITIES)}")
+        floor = SEVERITIES.index(severity)
+        events = [e for e in read_rows(journal_path)
+                  if e.get("severity") in SEVERITIES and SEVERITIES.index(e["severity"]) >= floor]
+        return {"events": events}
+
+    @app.post("/api/chat")
+    def chat(body: ChatRequest):  # a plain def: FastAPI runs it in a worker thread, the lock serializes it
+        if body.messages:
+            messages = [m.model_dump() for m in body.messages]
+        elif body.prompt and body.prompt.strip():
+            messages = [{"role": "user", "content": body.prompt}]
+        else:
+            raise HTTPException(422, "send {\"messages\": [...]} or {\"prompt\": \"...\"}")
+        try:
+            reply, step = holder.chat(messages, body.temperature, body.max_new_tokens)
+        except NoCheckpoint as exc:
+            raise HTTPException(409, str(exc)) from None
+        except ToolkitError as exc:
+            raise HTTPException(500, exc.one_line()) from None
+        return {"reply": reply, "checkpoint_step": step}
+
+    return app
