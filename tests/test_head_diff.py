@@ -183,3 +183,29 @@ def test_a_lora_run_dir_as_tuned_end_to_end(tiny_model_dir, probes, tmp_path):
     s = data["summary"]
     assert abs(s["share_of_change"]["attention"] + s["share_of_change"]["gdn"] - 1) < 1e-6
     assert (tmp_path / "report" / "head_diff.md").read_text().startswith("# Head diff")
+
+
+def test_finetune_runs_head_diff_when_the_analysis_section_asks(tmp_path, tiny_model_dir):
+    import json as _json
+
+    from test_train import run_toolkit, write_recipe
+
+    from toolkit.journal import read_jsonl
+
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text("".join(_json.dumps({"prompt": f"Use tabs for file {i}."}) + "\n" for i in range(4)))
+    recipe = write_recipe(tmp_path, tiny_model_dir, "analysed", max_steps=4, checkpoint_every=4, eval_every=4)
+    data = _json.loads(recipe.read_text())
+    data["analysis"] = {"head_diff": True, "probes": str(probes)}
+    recipe.write_text(_json.dumps(data))
+    out = run_toolkit("finetune", str(recipe))
+    run_dir = tmp_path / "analysed"
+    assert (run_dir / "reports" / "head_diff.md").is_file() and "head_diff" in out.stdout
+    event = [e for e in read_jsonl(run_dir / "journal.jsonl") if e["kind"] == "head_diff"]
+    assert event and event[0]["data"]["summary"]["concentration"]
+    cli = run_toolkit("analyze", "head-diff", "--base", str(tiny_model_dir), "--tuned", str(run_dir),
+                      "--prompts", str(probes), "--out", str(tmp_path / "cli"))
+    assert "report:" in cli.stdout and (tmp_path / "cli" / "head_diff.json").is_file()
+    missing = run_toolkit("analyze", "head-diff", "--base", str(tiny_model_dir), "--tuned", str(run_dir),
+                          "--prompts", str(tmp_path / "nope.jsonl"), check=False)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1

@@ -164,6 +164,48 @@ def serve(
     uvicorn.run(fastapi_app, host=host, port=port, log_level="warning")
 
 
+analyze_app = typer.Typer(no_args_is_help=True, help="Analyze finished runs' adapters.")
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("rank")
+def analyze_rank(
+    run_a: Annotated[Path, typer.Argument(help="A run directory (or a PEFT adapter directory).")],
+    run_b: Annotated[Path | None, typer.Argument(help="A second run of the same recipe at another rank.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Behavior data JSONL for the truncation sweep "
+                                                             "(default: the run's validation examples).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report directory (default RUN_A/reports/).")] = None,
+):
+    """Effective rank of each LoRA delta, two runs' subspace similarity, a truncation sweep: would rank 64 do?"""
+    _quiet_libraries()
+    from analysis.rank import rank_report
+
+    report = rank_report(run_a, run_b, data=data, out=out)
+    typer.echo(report["verdict"]["text"])
+    typer.echo(f"report: {report['paths']['json']}\nreport: {report['paths']['markdown']}")
+
+
+@analyze_app.command("head-diff")
+def analyze_head_diff(
+    base: Annotated[str, typer.Option("--base", help="The base: a model directory or hub id.")],
+    tuned: Annotated[Path, typer.Option("--tuned", help="A run directory, a PEFT adapter directory or a model directory.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="Probe prompts JSONL ({\"prompt\"} | {\"messages\"} | {\"text\"}).")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("reports/head-diff"),
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=8, help="Probes are cut to this many tokens.")] = 256,
+):
+    """Which attention heads and which GDN heads changed: base vs tuned, ranked against a noise floor."""
+    _quiet_libraries()
+    from analysis.head_diff import run_head_diff
+
+    if not prompts.is_file():
+        raise ToolkitError("probe prompts file not found", where=str(prompts))
+    result = run_head_diff(base, tuned, prompts, out, base_model=base, max_tokens=max_tokens)
+    summary = result.get("summary", {})
+    if summary.get("concentration"):
+        typer.echo(summary["concentration"])
+    typer.echo(f"report: {out / 'head_diff.md'}\nreport: {out / 'head_diff.json'}")
+
+
 curriculum_app = typer.Typer(no_args_is_help=True, help="Read a recipe's curriculum: explain a step, plot the timeline.")
 app.add_typer(curriculum_app, name="curriculum")
 

@@ -376,7 +376,17 @@ class DreamConfig(Section):
 
 
 class AnalysisConfig(Section):
-    head_diff: bool = False  # filled by the head-diff issue
+    """Analyses run at the end of `toolkit finetune` (also available as `toolkit analyze ...`)."""
+
+    head_diff: bool = False  # base vs tuned, per attention and GDN head: RUN/reports/head_diff.{json,md,png}
+    probes: str | None = None  # JSONL of probe prompts ({"prompt"} | {"messages"} | {"text"})
+    max_tokens: int = Field(256, ge=8)  # probes are cut to this many tokens
+
+    @model_validator(mode="after")
+    def _probes(self):
+        if self.head_diff and not self.probes:
+            raise ValueError("analysis.head_diff needs `probes`: a JSONL file of probe prompts")
+        return self
 
 
 Tracker = Literal["tensorboard", "wandb", "mlflow"]

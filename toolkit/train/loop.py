@@ -213,6 +213,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 
     progress.close()
     outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main)
+    if recipe.analysis.head_diff and command == "finetune" and is_main:
+        outputs.update(_head_diff(recipe, base_path, run_dir, journal))
     journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -430,6 +432,18 @@ def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool,
         if merged and use_lora:
             lora_lib.export_merged(model, tokenizer, run_dir / "merged")
     return outputs
+
+
+def _head_diff(recipe, base_path: Path, run_dir: Path, journal) -> dict:
+    """The analysis section's head-diff: which heads the fine-tune changed, base vs the final weights."""
+    from analysis.head_diff import run_head_diff
+
+    out = run_dir / "reports"
+    result = run_head_diff(str(base_path), str(run_dir), recipe.analysis.probes, out, base_model=str(base_path),
+                           max_tokens=recipe.analysis.max_tokens)
+    journal.event(recipe.train.max_steps, "head_diff", report=str(out / "head_diff.md"),
+                  summary=result.get("summary", {}))
+    return {"head_diff": str(out / "head_diff.md")}
 
 
 def _print_outputs(accelerator, run_dir: Path, outputs: dict) -> None:

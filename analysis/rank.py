@@ -1,0 +1,550 @@
+"""Effective rank of LoRA adapters, subspace similarity between two runs, and a truncation sweep.
+
+For each adapted module the delta is ΔW = scale · B @ A (scale = alpha/r, or alpha/sqrt(r) with rslora).
+Per module: singular values, entropy effective rank exp(H(p)) with p = σ/Σσ (Roy & Vetterli 2007),
+stable rank ‖ΔW‖_F²/σ_max², and the energy Σ_{i≤k} σ_i²/Σσ² captured at k = 8, 16, 32, 64.
+
+Given two runs of the same recipe at different ranks (`toolkit analyze rank RUN_A RUN_B`): the Grassmann
+similarity (mean cos² of the principal angles) between their top-k left and right singular subspaces.
+
+Truncation sweep: the higher-rank run's deltas cut to their top k singular directions (k = 8 … 256, up to
+its rank) are added to the base model, and the loss on the behavior data (the run's validation examples,
+or `--data` JSONL) is compared with the base and full-adapter losses:
+retained(k) = (loss_base − loss_k) / (loss_base − loss_full).
+Verdict: rank 64 would have sufficed when retained(64) ≥ RETAIN_THRESHOLD (0.9).
+
+SVDs use the factors (QR of B and Aᵀ, then an r×r SVD), so no dense ΔW is formed for the report; the
+truncated deltas are applied as float32 low-rank forward hooks on the base Linear layers (exactly a
+rank-k LoRA), so a bf16 base on a GPU does not round them away. Trained GDN gates (A_log, dt_bias) saved
+with the adapter are loaded for the full and every truncated model (they have no rank to truncate).
+DoRA adapters are refused: their delta is not B·A.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from toolkit.errors import ToolkitError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ENERGY_KS = (8, 16, 32, 64)
+SWEEP_KS = (8, 16, 32, 64, 128, 256)
+STORED_SINGULAR_VALUES = 64
+SIMILARITY_MAX_K = 64
+RETAIN_THRESHOLD = 0.9
+VERDICT_RANK = 64
+MIN_LOSS_GAP = 1e-4  # below this the adapter does not move the loss enough to measure retention
+_PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight")
+_MODULE_TYPES = (
+    ("attention", re.compile(r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|o_proj)$")),
+    ("gdn", re.compile(r"(^|\.)linear_attn\.\w+$")),
+    ("mlp", re.compile(r"(^|\.)mlp\.(.*\.)?\w+$")),
+)
+
+
+# ---------------------------------------------------------------- reading adapters
+
+
+def find_adapter(run_or_adapter: str | Path) -> Path:
+    """The adapter directory: RUN/adapter for a run directory, or the directory itself."""
+    path = Path(run_or_adapter)
+    for candidate in (path, path / "adapter"):
+        if (candidate / ADAPTER_CONFIG).is_file() and (candidate / ADAPTER_WEIGHTS).is_file():
+            return candidate
+    raise ToolkitError(f"no LoRA adapter here (looked for {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} in it and in "
+                       "adapter/)", where=str(path), hint="pass a finished run directory or a PEFT adapter directory")
+
+
+def _run_dir(adapter: Path) -> Path | None:
+    """The run directory holding the adapter (has resolved_recipe.yaml): RUN/adapter, RUN/checkpoints/step-N/adapter."""
+    for parent in [adapter, *adapter.parents][:4]:
+        if (parent / "resolved_recipe.yaml").is_file():
+            return parent
+    return None
+
+
+def _adapter_config(adapter: Path) -> dict:
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    if config.get("use_dora"):
+        raise ToolkitError("a DoRA adapter's delta is not scale·B·A, so its rank cannot be read this way",
+                           where=str(adapter / ADAPTER_CONFIG))
+    return config
+
+
+def lora_factors(run_or_adapter: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name (as in the base model) -> (scale·B [out, r], A [r, in]), float64 on CPU: the layer's output
+    changes by x @ (B @ A)ᵀ. (Conv1D layers, fan_in_fan_out, store their weight as the transpose.)"""
+    from safetensors import safe_open
+
+    adapter = find_adapter(run_or_adapter)
+    config = _adapter_config(adapter)
+    alpha = float(config.get("lora_alpha", config.get("r", 8)))
+    pieces: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(adapter / ADAPTER_WEIGHTS, framework="pt") as f:
+        for key in f.keys():
+            match = _LORA_KEY.fullmatch(key)
+            if match is None:  # GDN gates, DoRA magnitudes, modules_to_save, embedding LoRA
+                continue
+            module = match["module"].removeprefix(_PREFIX)
+            pieces.setdefault(module, {})[match["which"]] = f.get_tensor(key).to(torch.float64)
+    factors = {}
+    for module, ab in pieces.items():
+        if set(ab) != {"A", "B"}:
+            raise ToolkitError(f"module {module} has lora_{next(iter(ab))} but not its partner",
+                               where=str(adapter / ADAPTER_WEIGHTS))
+        a, b = ab["A"], ab["B"]
+        r = a.shape[0]  # per module (peft's rank_pattern); alpha_pattern is not used by this toolkit
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        factors[module] = (b * scale, a)
+    if not factors:
+        raise ToolkitError("the adapter holds no lora_A/lora_B weights", where=str(adapter / ADAPTER_WEIGHTS))
+    return dict(sorted(factors.items(), key=lambda kv: _natural_key(kv[0])))
+
+
+def lora_deltas(run_or_adapter: str | Path) -> dict[str, torch.Tensor]:
+    """Module name -> ΔW = scale · B @ A (the change to module.weight), float64 on CPU."""
+    transposed = bool(_adapter_config(find_adapter(run_or_adapter)).get("fan_in_fan_out"))
+    return {name: (b @ a).T if transposed else b @ a for name, (b, a) in lora_factors(run_or_adapter).items()}
+
+
+def _gates(adapter: Path) -> dict[str, torch.Tensor]:
+    """Trained GDN gate tensors saved with the adapter, by their base-model parameter names."""
+    from safetensors import safe_open
+
+    with safe_open(adapter / ADAPTER_WEIGHTS, framework="pt") as f:
+        return {k.removeprefix(_PREFIX): f.get_tensor(k) for k in f.keys()
+                if _LORA_KEY.fullmatch(k) is None and k.rsplit(".", 1)[-1] in ("A_log", "dt_bias")}
+
+
+def _natural_key(name: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def module_type(name: str) -> str:
+    """attention (q/k/v/o_proj), gdn (linear_attn projections), mlp, or other."""
+    for kind, rx in _MODULE_TYPES:
+        if rx.search(name):
+            return kind
+    return "other"
+
+
+# ---------------------------------------------------------------- spectra
+
+
+def low_rank_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of b @ a ([out, r] @ [r, in]) without forming it: U [out, r], S [r], Vh [r, in]."""
+    qb, rb = torch.linalg.qr(b)
+    qa, ra = torch.linalg.qr(a.T)
+    u, s, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)
+    return qb @ u, s, vh @ qa.T
+
+
+def _nonzero(s: torch.Tensor, shape) -> torch.Tensor:
+    """Singular values above numerical noise (numpy's matrix_rank tolerance), descending."""
+    s = s.to(torch.float64)
+    if not len(s) or s[0] <= 0:
+        return s[:0]
+    tol = s[0] * max(shape) * torch.finfo(torch.float64).eps
+    return s[s > tol]
+
+
+def profile_from_singular_values(s: torch.Tensor, shape) -> dict:
+    """rank_profile from descending singular values of a matrix of `shape`."""
+    s = _nonzero(s, shape)
+    energy = s.square()
+    total = float(energy.sum())
+    if total == 0.0:
+        return {"rank": 0, "singular_values": [], "effective_rank": 0.0, "stable_rank": 0.0,
+                "energy": {str(k): 1.0 for k in ENERGY_KS}}
+    p = s / s.sum()
+    entropy = float(-(p * p.log()).sum())
+    cumulative = energy.cumsum(0) / total
+    return {
+        "rank": len(s),
+        "singular_values": [float(v) for v in s[:STORED_SINGULAR_VALUES]],
+        "effective_rank": math.exp(entropy),  # Roy & Vetterli 2007
+        "stable_rank": total / float(energy[0]),
+        "energy": {str(k): float(cumulative[min(k, len(s)) - 1]) for k in ENERGY_KS},
+    }
+
+
+def rank_profile(delta: torch.Tensor) -> dict:
+    """Singular values (top 64), entropy effective rank, stable rank, energy captured at k = 8/16/32/64."""
+    delta = delta.to(torch.float64)
+    return profile_from_singular_values(torch.linalg.svdvals(delta), tuple(delta.shape))
+
+
+def _grassmann(basis_a: torch.Tensor, basis_b: torch.Tensor, k: int) -> float:
+    """Mean cos² of the principal angles between span(basis_a[:, :k]) and span(basis_b[:, :k]), in [0, 1]."""
+    cosines = torch.linalg.svdvals(basis_a[:, :k].T @ basis_b[:, :k])
+    return float(cosines.clamp(max=1.0).square().mean())
+
+
+def subspace_similarity(delta_a: torch.Tensor, delta_b: torch.Tensor, k: int | None = None) -> dict:
+    """Grassmann similarity of the top-k left (column) and right (row) singular subspaces of two deltas.
+
+    Cosines of the principal angles are the singular values of U_a[:, :k]ᵀ U_b[:, :k]; the result is their mean
+    square (1: same subspace, 0: orthogonal; `chance` is k/n, the expectation for random subspaces).
+    k defaults to min(rank_a, rank_b, 64)."""
+    if delta_a.shape != delta_b.shape:
+        raise ValueError(f"deltas of different shapes: {tuple(delta_a.shape)} vs {tuple(delta_b.shape)}")
+    ua, sa, vha = torch.linalg.svd(delta_a.to(torch.float64), full_matrices=False)
+    ub, sb, vhb = torch.linalg.svd(delta_b.to(torch.float64), full_matrices=False)
+    rank_a, rank_b = len(_nonzero(sa, delta_a.shape)), len(_nonzero(sb, delta_b.shape))
+    return _similarity(ua, vha, rank_a, ub, vhb, rank_b, k)
+
+
+def _similarity(ua, vha, rank_a, ub, vhb, rank_b, k=None) -> dict:
+    k = min(rank_a, rank_b, SIMILARITY_MAX_K) if k is None else min(k, rank_a, rank_b)
+    if k < 1:
+        return {"k": 0, "left": None, "right": None, "chance_left": None, "chance_right": None}
+    return {"k": k, "left": _grassmann(ua, ub, k), "right": _grassmann(vha.T, vhb.T, k),
+            "chance_left": k / ua.shape[0], "chance_right": k / vha.shape[1]}
+
+
+def truncate_factors(factors: dict, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each module's (B, A) cut to its top-k singular directions; modules of rank ≤ k are kept exactly."""
+    out = {}
+    for name, (b, a) in factors.items():
+        if k >= b.shape[1]:
+            out[name] = (b, a)
+            continue
+        u, s, vh = low_rank_svd(b, a)
+        out[name] = (u[:, :k] * s[:k], vh[:k])
+    return out
+
+
+def truncate_adapter(run_or_adapter: str | Path, k: int) -> dict[str, torch.Tensor]:
+    """Module name -> the delta truncated to its top-k SVD directions (float64, CPU, laid out as lora_deltas)."""
+    transposed = bool(_adapter_config(find_adapter(run_or_adapter)).get("fan_in_fan_out"))
+    truncated = truncate_factors(lora_factors(run_or_adapter), k)
+    return {name: (b @ a).T if transposed else b @ a for name, (b, a) in truncated.items()}
+
+
+# ---------------------------------------------------------------- profiles of a run
+
+
+def adapter_profile(run_or_adapter: str | Path) -> tuple[dict, dict]:
+    """(report section, {module: (U, S, Vh, rank)}) for one adapter."""
+    adapter = find_adapter(run_or_adapter)
+    config = _adapter_config(adapter)
+    modules, bases = {}, {}
+    for name, (b, a) in lora_factors(adapter).items():
+        u, s, vh = low_rank_svd(b, a)
+        shape = (b.shape[0], a.shape[1])
+        profile = profile_from_singular_values(s, shape)
+        modules[name] = {"type": module_type(name), "shape": list(shape), "r": b.shape[1], **profile}
+        bases[name] = (u, vh, profile["rank"])
+    section = {"path": str(run_or_adapter), "adapter": str(adapter), "r": config.get("r"),
+               "lora_alpha": config.get("lora_alpha"), "use_rslora": bool(config.get("use_rslora")),
+               "max_rank": max(m["r"] for m in modules.values()),
+               "summary": _summarize(modules), "modules": modules}
+    return section, bases
+
+
+def _summarize(modules: dict) -> dict:
+    """Per module type: count, mean/median effective rank, mean stable rank, mean energy at each k."""
+    groups: dict[str, list[dict]] = {}
+    for m in modules.values():
+        groups.setdefault(m["type"], []).append(m)
+    summary = {}
+    for kind in sorted(groups, key=lambda t: ("attention", "gdn", "mlp", "other").index(t)):
+        ms = groups[kind]
+        eranks = torch.tensor([m["effective_rank"] for m in ms], dtype=torch.float64)
+        summary[kind] = {
+            "modules": len(ms),
+            "effective_rank_mean": float(eranks.mean()),
+            "effective_rank_median": float(eranks.median()),
+            "stable_rank_mean": sum(m["stable_rank"] for m in ms) / len(ms),
+            "energy_mean": {str(k): sum(m["energy"][str(k)] for m in ms) / len(ms) for k in ENERGY_KS},
+        }
+    return summary
+
+
+def _compare(bases_a: dict, bases_b: dict) -> dict:
+    common = [n for n in bases_a if n in bases_b]
+    if not common:
+        raise ToolkitError("the two adapters share no module, so their subspaces cannot be compared",
+                           hint="compare two runs of the same recipe at different ranks")
+    modules = {}
+    for name in common:
+        (ua, vha, ra), (ub, vhb, rb) = bases_a[name], bases_b[name]
+        if ua.shape[0] != ub.shape[0] or vha.shape[1] != vhb.shape[1]:
+            raise ToolkitError(f"module {name} has different shapes in the two adapters", hint="same base model?")
+        modules[name] = {"type": module_type(name), **_similarity(ua, vha, ra, ub, vhb, rb)}
+    summary = {}
+    for kind in ("attention", "gdn", "mlp", "other"):
+        rows = [m for m in modules.values() if m["type"] == kind and m["k"]]
+        if rows:
+            summary[kind] = {"modules": len(rows), "left_mean": sum(m["left"] for m in rows) / len(rows),
+                             "right_mean": sum(m["right"] for m in rows) / len(rows),
+                             "chance_left_mean": sum(m["chance_left"] for m in rows) / len(rows)}
+    only = sorted(set(bases_a) ^ set(bases_b))
+    return {"modules_compared": len(common), "modules_in_one_only": only, "summary": summary, "modules": modules}
+
+
+# ---------------------------------------------------------------- truncation sweep
+
+
+def _load_base(adapter: Path, device: torch.device):
+    """(model, tokenizer, loaded recipe or None) for the adapter's base model."""
+    from toolkit.model import load_model, load_tokenizer
+    from toolkit.recipe import ModelConfig
+
+    run_dir = _run_dir(adapter)
+    loaded = None
+    if run_dir is not None:
+        from toolkit.data.sources import source_texts
+        from toolkit.model import resolve_model_path
+        from toolkit.recipe import load_recipe
+
+        loaded = load_recipe(run_dir / "resolved_recipe.yaml")
+        recipe = loaded.recipe
+        model_cfg = recipe.model
+        try:
+            path = resolve_model_path(model_cfg, run_dir / "base-model", lambda: source_texts(recipe.data),
+                                      recipe.run.seed)
+        except ToolkitError as err:
+            raise loaded.place(err) from None
+    else:
+        path = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        if not path:
+            raise ToolkitError("cannot tell the adapter's base model (no resolved_recipe.yaml above it, no "
+                               "base_model_name_or_path)", where=str(adapter / ADAPTER_CONFIG))
+        model_cfg = ModelConfig(name_or_path=path)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        tokenizer = load_tokenizer(path, model_cfg)
+        model = load_model(path, model_cfg, dtype=dtype)
+    except ToolkitError as err:
+        raise (loaded.place(err) if loaded else err) from None
+    return model.to(device).eval(), tokenizer, loaded
+
+
+def _behavior_examples(loaded, tokenizer, data: Path | None) -> tuple[list, str, int, int]:
+    """(examples, description, batch size, records skipped): `data` JSONL, else the run's validation examples.
+
+    A record is skipped when truncation to the recipe's max_length leaves it no token to score."""
+    from toolkit.data.formatting import example_from_record
+    from toolkit.data.sources import load_sources, read_records
+    from toolkit.recipe import SourceConfig
+
+    batch_size = loaded.recipe.train.batch_size if loaded else 8
+    if data is not None:
+        if not Path(data).is_file():
+            raise ToolkitError("data file not found", where=str(data))
+        max_length = loaded.recipe.data.max_length if loaded else 512
+        src = SourceConfig(name="data", path=str(data))
+        records = read_records(src, 0)
+        examples = []
+        for where, record in records:
+            ex = example_from_record(record, tokenizer, fmt="auto", text_field="text", strip_instructions=False,
+                                     max_length=max_length, source="data", tier=None, where=where)
+            if ex is not None:
+                examples.append(ex)
+        if not examples:
+            raise ToolkitError(f"no usable examples: none keeps a token to score within max_length={max_length}",
+                               where=str(data))
+        return examples, str(data), batch_size, len(records) - len(examples)
+    if loaded is None:
+        raise ToolkitError("no run recipe to take behavior data from", hint="pass --data JSONL")
+    try:
+        sources = load_sources(loaded.recipe.data, tokenizer, loaded.recipe.run.seed)
+    except ToolkitError as err:
+        raise loaded.place(err) from None
+    examples = [ex for s in sources for ex in s.val]
+    if not examples:
+        raise ToolkitError("the run's recipe holds no validation examples (data.val_fraction: 0?)",
+                           where=str(loaded.path), hint="pass --data JSONL")
+    names = ", ".join(s.name for s in sources if s.val)
+    return examples, f"validation examples of the run's sources ({names})", batch_size, 0
+
+
+@torch.no_grad()
+def _loss(model, examples, batch_size: int, pad_id: int) -> float:
+    """Mean next-token cross-entropy over target tokens (labels != -100), as the training loop's val loss."""
+    import torch.nn.functional as F
+
+    from toolkit.data.batching import collate, micro_batches
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch_examples in micro_batches(examples, batch_size, "bucket"):
+        batch = {k: v.to(device) for k, v in collate(batch_examples, pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                       reduction="sum"))
+        count += int((labels != -100).sum())
+    return total / count
+
+
+@contextmanager
+def _applied(model, factors: dict | None, gates: dict):
+    """The model with ΔW = B @ A added to each module's output (float32 low-rank hooks) and the gates set."""
+    if factors is None:
+        yield model
+        return
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    missing = [n for n in factors if n not in modules] + [n for n in gates if n not in params]
+    if missing:
+        raise ToolkitError(f"the adapter names {len(missing)} modules the base model lacks (e.g. {missing[0]})",
+                           hint="is this the adapter's base model?")
+    handles, saved = [], {}
+    try:
+        for name, (b, a) in factors.items():
+            module = modules[name]
+            device = module.weight.device
+            handles.append(module.register_forward_hook(
+                _delta_hook(b.to(device, torch.float32), a.to(device, torch.float32))))
+        with torch.no_grad():
+            for name, value in gates.items():
+                saved[name] = params[name].detach().clone()
+                params[name].copy_(value)
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
+def _delta_hook(b: torch.Tensor, a: torch.Tensor):
+    def hook(module, args, output):
+        x = args[0]
+        return output + ((x.to(torch.float32) @ a.T) @ b.T).to(output.dtype)
+    return hook
+
+
+def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None) -> dict:
+    """Behavior retained by the top-k directions of each delta, k = 8 … 256 up to the run's rank, and its rank."""
+    adapter = find_adapter(run_or_adapter)
+    factors = lora_factors(adapter)
+    gates = _gates(adapter)
+    rank = max(b.shape[1] for b, _ in factors.values())
+    ks = [k for k in SWEEP_KS if k < rank] + [rank]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, loaded = _load_base(adapter, device)
+    examples, described, batch_size, skipped = _behavior_examples(loaded, tokenizer, Path(data) if data else None)
+
+    def loss_with(f):
+        with _applied(model, f, gates):
+            return _loss(model, examples, batch_size, tokenizer.pad_token_id)
+
+    loss_base, loss_full = loss_with(None), loss_with(factors)
+    gap = loss_base - loss_full
+    sweep = []
+    for k in ks:
+        loss_k = loss_full if k >= rank else loss_with(truncate_factors(factors, k))
+        retained = (loss_base - loss_k) / gap if abs(gap) >= MIN_LOSS_GAP else None
+        sweep.append({"k": k, "loss": loss_k, "retained": retained})
+    return {"run": str(run_or_adapter), "rank": rank, "data": described, "examples": len(examples),
+            "skipped": skipped, "loss_base": loss_base, "loss_full": loss_full, "gates_applied": sorted(gates),
+            "sweep": sweep}
+
+
+def verdict(truncation: dict, threshold: float = RETAIN_THRESHOLD) -> dict:
+    """Would rank 64 have sufficed? Yes when retained(64) ≥ threshold (rank ≤ 64 suffices trivially)."""
+    rank, sweep = truncation["rank"], truncation["sweep"]
+    gap = truncation["loss_base"] - truncation["loss_full"]
+    rule = (f"rank {VERDICT_RANK} suffices when its top-{VERDICT_RANK} truncation retains ≥ {threshold:.0%} "
+            "of the loss gain")
+    if abs(gap) < MIN_LOSS_GAP:
+        text = (f"Cannot tell: the full adapter moves the behavior loss by only {gap:+.2g} (base "
+                f"{truncation['loss_base']:.4f}, adapter {truncation['loss_full']:.4f}), "
+                "too little to measure retention.")
+        return {"rule": rule, "threshold": threshold, "suffices": None, "text": text}
+    if gap < 0:
+        text = (f"Cannot tell: the adapter makes the behavior loss worse ({truncation['loss_base']:.4f} -> "
+                f"{truncation['loss_full']:.4f}), so there is no gain to retain; check the data.")
+        return {"rule": rule, "threshold": threshold, "suffices": None, "text": text}
+    smallest = next((row["k"] for row in sweep if row["retained"] is not None and row["retained"] >= threshold), None)
+    tail = f" The smallest k that retains ≥ {threshold:.0%} is {smallest}." if smallest is not None else ""
+    if rank <= VERDICT_RANK:
+        text = (f"Rank {VERDICT_RANK} suffices: this adapter's rank is already {rank} ≤ {VERDICT_RANK}.{tail}")
+        return {"rule": rule, "threshold": threshold, "suffices": True, "text": text}
+    retained = next(row["retained"] for row in sweep if row["k"] == VERDICT_RANK)
+    suffices = retained >= threshold
+    text = (f"Rank {VERDICT_RANK} would {'' if suffices else 'not '}have sufficed: the top {VERDICT_RANK} directions "
+            f"of the rank-{rank} adapter retain {retained:.0%} of its loss gain on the behavior data "
+            f"(threshold {threshold:.0%}).{tail}")
+    return {"rule": rule, "threshold": threshold, "suffices": suffices, "text": text}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def rank_report(run_a: str | Path, run_b: str | Path | None = None, data: str | Path | None = None,
+                out: str | Path | None = None) -> dict:
+    """Profiles of one or two adapters, their subspace similarity, the truncation sweep of the higher-rank one and
+    the verdict; written to OUT/rank.json and OUT/rank.md (default RUN_A/reports/). Returns the report with
+    `paths`."""
+    section_a, bases_a = adapter_profile(run_a)
+    report = {"threshold": RETAIN_THRESHOLD, "run_a": section_a}
+    swept = run_a
+    if run_b is not None:
+        section_b, bases_b = adapter_profile(run_b)
+        report["run_b"] = section_b
+        report["similarity"] = _compare(bases_a, bases_b)
+        if section_b["max_rank"] > section_a["max_rank"]:
+            swept = run_b
+    report["truncation"] = truncation_sweep(swept, data)
+    report["verdict"] = verdict(report["truncation"])
+    if out is None:
+        adapter = find_adapter(run_a)
+        out = (_run_dir(adapter) or Path(run_a)) / "reports"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(out / "rank.json"), "markdown": str(out / "rank.md")}
+    (out / "rank.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "rank.md").write_text(render_markdown(report))
+    return {**report, "paths": paths}
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# LoRA effective rank", "", f"**Verdict.** {report['verdict']['text']}",
+             f"(Rule: {report['verdict']['rule']}.)", ""]
+    for key in ("run_a", "run_b"):
+        if key not in report:
+            continue
+        sec = report[key]
+        lines += [f"## {sec['path']} (r={sec['r']}, alpha={sec['lora_alpha']}"
+                  f"{', rslora' if sec['use_rslora'] else ''})", "",
+                  "| modules | n | eff. rank mean | eff. rank median | stable rank mean | "
+                  + " | ".join(f"energy@{k}" for k in ENERGY_KS) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(ENERGY_KS)]
+        for kind, s in sec["summary"].items():
+            lines.append(f"| {kind} | {s['modules']} | {s['effective_rank_mean']:.2f} | "
+                         f"{s['effective_rank_median']:.2f} | {s['stable_rank_mean']:.2f} | "
+                         + " | ".join(f"{s['energy_mean'][str(k)]:.3f}" for k in ENERGY_KS) + " |")
+        lines.append("")
+    if "similarity" in report:
+        sim = report["similarity"]
+        lines += ["## Subspace similarity (mean cos² of principal angles, top k = min(ranks, 64))", "",
+                  "| modules | n | left | right | chance (k/n) |", "|---|---|---|---|---|"]
+        for kind, s in sim["summary"].items():
+            lines.append(f"| {kind} | {s['modules']} | {s['left_mean']:.3f} | {s['right_mean']:.3f} | "
+                         f"{s['chance_left_mean']:.3f} |")
+        lines.append("")
+    t = report["truncation"]
+    lines += [f"## Truncation sweep of {t['run']} (rank {t['rank']})", "",
+              f"Behavior data: {t['data']}, {t['examples']} examples"
+              + (f" ({t['skipped']} skipped: nothing to score within max_length)" if t["skipped"] else "")
+              + f". Loss: base {t['loss_base']:.4f}, "
+              f"full adapter {t['loss_full']:.4f}. "
+              "retained(k) = (loss_base − loss_k) / (loss_base − loss_full).", "",
+              "| k | loss | retained |", "|---|---|---|"]
+    for row in t["sweep"]:
+        retained = "n/a" if row["retained"] is None else f"{row['retained']:.3f}"
+        lines.append(f"| {row['k']} | {row['loss']:.4f} | {retained} |")
+    return "\n".join(lines) + "\n"
