@@ -206,6 +206,87 @@ def analyze_head_diff(
     typer.echo(f"report: {out / 'head_diff.md'}\nreport: {out / 'head_diff.json'}")
 
 
+steer_app = typer.Typer(no_args_is_help=True, help="Steering vectors and linear probes on contrastive pairs.")
+app.add_typer(steer_app, name="steer")
+
+SteerModelOpt = Annotated[str, typer.Option("--model", help="A model directory, hub id, run directory or adapter directory.")]
+SteerLayersOpt = Annotated[str, typer.Option("--layers", help="Decoder layers, e.g. 2,3 (layer L = hidden_states[L+1]).")]
+SteerPositionOpt = Annotated[str, typer.Option("--position", help="Where to read activations: last (last completion "
+                                                                   "token) or mean (over completion tokens).")]
+SteerBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")]
+
+
+@steer_app.command("train")
+def steer_train(
+    model: SteerModelOpt,
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL: {\"prompt\", \"positive\", \"negative\"}.")],
+    layers: SteerLayersOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output directory (vectors.safetensors, meta.json).")],
+    method: Annotated[str, typer.Option("--method", help="mean_diff, pca or logreg.")] = "mean_diff",
+    position: SteerPositionOpt = "last",
+    batch_size: SteerBatchOpt = 8,
+):
+    """Steering vectors from contrastive pairs: one per layer, saved as safetensors."""
+    _quiet_libraries()
+    from analysis.steering import train_command
+
+    meta = train_command(model, pairs, layers, method, position, out, batch_size=batch_size)
+    norms = ", ".join(f"L{k}={v:.3g}" for k, v in meta["norms"].items())
+    typer.echo(f"{meta['method']} vectors from {meta['pairs']} pairs ({norms})\nvectors: {out / 'vectors.safetensors'}")
+
+
+@steer_app.command("sweep")
+def steer_sweep(
+    model: SteerModelOpt,
+    vector: Annotated[Path, typer.Option("--vector", help="A directory written by `toolkit steer train`.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="JSONL: {\"prompt\", \"positive\", \"negative\"} rows are "
+                                                            "scored; rows with only \"prompt\" are neutral (KL).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (sweep.json, sweep.csv, sweep.png).")],
+    layers: Annotated[str | None, typer.Option("--layers", help="Layers to steer (default: every layer in the vector file).")] = None,
+    coefficients: Annotated[str, typer.Option("--coefficients", help="Comma-separated multipliers of the vector.")] = "-4,-2,0,2,4",
+    neutral: Annotated[Path | None, typer.Option("--neutral", help="More neutral prompts JSONL for the off-target KL.")] = None,
+    evaluator_recipe: Annotated[Path | None, typer.Option("--evaluator-recipe", help="A recipe whose dream.evaluator "
+                                                                                      "judges greedy generations.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length for the evaluator.")] = 32,
+    batch_size: SteerBatchOpt = 8,
+):
+    """Add coefficient x vector to the residual stream; measure margins, steerability, off-target KL."""
+    _quiet_libraries()
+    from analysis.steering import sweep_command
+
+    result = sweep_command(model, vector, layers, coefficients, prompts, out, neutral_path=neutral,
+                           evaluator_recipe=evaluator_recipe, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    for layer, info in result["layers"].items():
+        if info["mean_slope"] is not None:
+            typer.echo(f"layer {layer}: mean slope {info['mean_slope']:.4g}, wrong sign {info['wrong_sign_share']:.0%}")
+    typer.echo(f"report: {result['paths']['json']}\nreport: {result['paths']['csv']}\nreport: {result['paths']['png']}")
+
+
+@steer_app.command("probe")
+def steer_probe(
+    model: SteerModelOpt,
+    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL: {\"prompt\", \"positive\", \"negative\"}.")],
+    layers: SteerLayersOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output directory (probes.json).")],
+    vector: Annotated[Path | None, typer.Option("--vector", help="Steering vectors to compare probe directions with.")] = None,
+    tuned: Annotated[Path | None, typer.Option("--tuned", help="A run or adapter of --model: cosine of the vector with "
+                                                               "the fine-tune's mean activation shift.")] = None,
+    position: SteerPositionOpt = "last",
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds.")] = 5,
+    batch_size: SteerBatchOpt = 8,
+):
+    """Per-layer linear probes (logistic regression, difference of means) with a shuffled-label control."""
+    _quiet_libraries()
+    from analysis.probes import probe_command
+
+    result = probe_command(model, pairs, layers, out, vector_dir=vector, position=position, n_splits=folds,
+                           batch_size=batch_size, tuned=tuned)
+    for layer, info in result["layers"].items():
+        typer.echo(f"layer {layer}: logreg acc {info['logreg']['accuracy']:.2f} (shuffled "
+                   f"{info['logreg_shuffled']['accuracy']:.2f}), diff-means acc {info['diff_means']['accuracy']:.2f}")
+    typer.echo(f"report: {out / 'probes.json'}")
+
+
 curriculum_app = typer.Typer(no_args_is_help=True, help="Read a recipe's curriculum: explain a step, plot the timeline.")
 app.add_typer(curriculum_app, name="curriculum")
 

@@ -1,0 +1,530 @@
+"""Steering vectors: read them off contrastive pairs, add them to the residual stream, measure the effect.
+
+    model, tok, path = load_steer_model("runs/my-lora")      # model dir, run dir or adapter dir
+    rows = read_pairs("pairs.jsonl")                           # {"prompt", "positive", "negative"}
+    vectors = train_vectors(model, tok, rows, layers=[2, 3], method="mean_diff")
+    save_vectors("out/vec", vectors, meta)                     # vectors.safetensors + meta.json
+    with steering(model, {2: 4.0 * vectors[2]}):               # a hook on decoder block 2's output
+        ...                                                    # every forward call, cached decode steps too
+
+Convention (shared/DESIGN.md): layer L is the output of decoder block L, i.e. HF `hidden_states[L + 1]`.
+Activations are read by a forward hook on the block, so for the LAST layer they are the block's own output
+(pre final norm), where the steering hook adds; transformers 5 puts the final-norm output in
+`hidden_states[-1]` instead, so only there the two differ.
+
+Text: the prompt is the user turn through the chat template with the generation prompt (what the model
+sees before it answers), the completion is appended as the assistant's text (no end-of-turn token). The
+prompt and the completion are tokenized separately and concatenated, so the completion's tokens are exact.
+
+Positions: `last` reads the last completion token, `mean` averages over the completion's tokens.
+
+Methods (all deterministic):
+- mean_diff: mean(positive) - mean(negative), unnormalized (CAA style);
+- pca: first right singular vector of the per-pair differences (uncentered), sign so that it points from
+  the negative mean to the positive mean;
+- logreg: scikit-learn LogisticRegression (random_state=0) on positive(1)/negative(0) activations, the
+  coefficient direction.
+pca and logreg give unit directions; they are scaled to the norm of the mean difference so that the same
+coefficient means about the same push for every method.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.errors import ToolkitError
+
+METHODS = ("mean_diff", "pca", "logreg")
+POSITIONS = ("last", "mean")
+VECTORS_FILE = "vectors.safetensors"
+META_FILE = "meta.json"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_steer_model(path_or_run: str | Path, base: str | None = None, device: str | None = None):
+    """(model, tokenizer, resolved model dir) for a model dir, run dir or adapter dir (adapters merged)."""
+    from analysis.capture import load_for_capture
+    from toolkit.model import load_model, load_tokenizer
+    from toolkit.recipe import ModelConfig
+
+    try:
+        resolved = load_for_capture(path_or_run, base=base)
+    except ValueError as exc:
+        raise ToolkitError(str(exc).splitlines()[0], where=str(path_or_run)) from None
+    cfg = ModelConfig(name_or_path=resolved)
+    model = load_model(resolved, cfg)
+    tokenizer = load_tokenizer(resolved, cfg)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tokenizer, resolved
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError("file not found", where=str(path))
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ToolkitError(f"not JSON: {exc.msg}", where=f"{path}:{i}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ToolkitError("each row needs a string 'prompt'", where=f"{path}:{i}")
+            rows.append(row)
+    if not rows:
+        raise ToolkitError("no rows", where=str(path))
+    return rows
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Rows {"prompt", "positive", "negative"}; every field a non-empty string."""
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows, 1):
+        for key in ("positive", "negative"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise ToolkitError(f"row {i} needs a non-empty string '{key}'", where=str(path))
+    return rows
+
+
+def decoder_layers(model):
+    """The decoder blocks (a ModuleList) of a HF causal LM."""
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    for candidate in (inner, getattr(inner, "language_model", None), getattr(model, "model", None)):
+        layers = getattr(candidate, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    raise ValueError(f"{type(model).__name__}: cannot find the decoder layers")
+
+
+def parse_layers(text: str | list[int], n_layers: int, option: str = "--layers") -> list[int]:
+    """'2,3' (or '1-3', negative = from the end) -> sorted unique ints in [0, n_layers)."""
+    if isinstance(text, (list, tuple)):
+        items = [str(x) for x in text]
+    else:
+        items = [p.strip() for p in str(text).split(",") if p.strip()]
+    layers: list[int] = []
+    try:
+        for item in items:
+            if re.fullmatch(r"\d+-\d+", item):
+                lo, hi = item.split("-")
+                layers += list(range(int(lo), int(hi) + 1))
+            else:
+                value = int(item)
+                layers.append(value + n_layers if value < 0 else value)
+    except ValueError:
+        raise ToolkitError(f"'{text}' is not a list of layer numbers", where=option, hint="e.g. --layers 2,3") from None
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if not layers or bad:
+        raise ToolkitError(f"layer {bad[0] if bad else text} out of range", where=option,
+                           hint=f"the model has {n_layers} decoder layers: 0..{n_layers - 1}")
+    return sorted(set(layers))
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise ToolkitError(f"'{text}' is not a comma-separated list of numbers", where=option) from None
+    if not values:
+        raise ToolkitError("empty list", where=option)
+    return values
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The user turn through the chat template with the generation prompt (plain text without one)."""
+    from toolkit.dream.generate import chat_prompt
+
+    text = chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
+    bos = tokenizer.bos_token
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
+def encode(tokenizer, prompt: str, completion: str | None) -> tuple[list[int], int]:
+    """(token ids, index of the first completion token); without a completion the start is len(ids)."""
+    ids = prompt_ids(tokenizer, prompt)
+    start = len(ids)
+    if completion:
+        ids = ids + tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return ids, start
+
+
+# ---------------------------------------------------------------- hooks and forward passes
+
+
+def _output_hidden(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_hidden(output, hidden):
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextmanager
+def steering(model, vectors: dict[int, torch.Tensor]):
+    """Add vectors[L] to decoder block L's output on every forward call (prefill and cached decode steps)
+    while inside. A zero or empty dict adds no hook."""
+    blocks = decoder_layers(model)
+    handles = []
+
+    def make(vec):
+        def hook(module, args, output):
+            hidden = _output_hidden(output)
+            return _replace_hidden(output, hidden + vec.to(hidden.device, hidden.dtype))
+        return hook
+
+    try:
+        for layer, vec in vectors.items():
+            if vec is not None and bool(torch.any(vec != 0)):
+                handles.append(blocks[layer].register_forward_hook(make(vec.detach())))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capturing(model, layers: list[int]):
+    """Record decoder block L's output (= hidden_states[L + 1]) into the yielded dict on each forward."""
+    blocks = decoder_layers(model)
+    store: dict[int, torch.Tensor] = {}
+    handles = [blocks[layer].register_forward_hook(
+        lambda m, a, out, layer=layer: store.__setitem__(layer, _output_hidden(out).detach()))
+        for layer in layers]
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def _right_pad(seqs: list[list[int]], pad: int, device):
+    """Right padding: with a causal model (and GDN layers zeroing pads) real positions are unaffected."""
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    return ids, mask
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def collect_activations(model, tokenizer, prompts: list[str], completions: list[str], layers: list[int],
+                        position: str = "last", batch_size: int = 8) -> dict[int, torch.Tensor]:
+    """Per layer an (n, hidden) float32 CPU tensor read at `position` of each completion."""
+    if position not in POSITIONS:
+        raise ToolkitError(f"unknown position '{position}'", where="--position", hint=f"one of {', '.join(POSITIONS)}")
+    encoded = [encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    pad = _pad_id(tokenizer)
+    for lo in range(0, len(encoded), batch_size):
+        batch = encoded[lo:lo + batch_size]
+        ids, mask = _right_pad([e[0] for e in batch], pad, _device(model))
+        with capturing(model, layers) as store:
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        for layer in layers:
+            hidden = store[layer].float()
+            for row, (seq, start) in enumerate(batch):
+                if position == "last":
+                    out[layer].append(hidden[row, len(seq) - 1].cpu())
+                else:
+                    out[layer].append(hidden[row, start:len(seq)].mean(0).cpu())
+    return {layer: torch.stack(vs) for layer, vs in out.items()}
+
+
+def pair_activations(model, tokenizer, rows: list[dict], layers: list[int], position: str = "last",
+                     batch_size: int = 8) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """(positive, negative) activations per layer, each (n_pairs, hidden)."""
+    prompts = [r["prompt"] for r in rows]
+    pos = collect_activations(model, tokenizer, prompts, [r["positive"] for r in rows], layers, position, batch_size)
+    neg = collect_activations(model, tokenizer, prompts, [r["negative"] for r in rows], layers, position, batch_size)
+    return pos, neg
+
+
+# ---------------------------------------------------------------- vectors
+
+
+def compute_vector(pos: torch.Tensor, neg: torch.Tensor, method: str) -> torch.Tensor:
+    """One layer's steering vector from (n, hidden) positive and negative activations."""
+    if method not in METHODS:
+        raise ToolkitError(f"unknown method '{method}'", where="--method", hint=f"one of {', '.join(METHODS)}")
+    pos64, neg64 = pos.double(), neg.double()
+    diff = pos64.mean(0) - neg64.mean(0)
+    if method == "mean_diff":
+        return diff.float()
+    if method == "pca":
+        _, _, vh = torch.linalg.svd(pos64 - neg64, full_matrices=False)
+        direction = vh[0]
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        x = torch.cat([pos64, neg64]).numpy()
+        y = np.array([1] * len(pos64) + [0] * len(neg64))
+        clf = LogisticRegression(random_state=0, max_iter=5000).fit(x, y)
+        direction = torch.from_numpy(clf.coef_[0].astype(np.float64))
+    direction = direction / direction.norm().clamp_min(1e-12)
+    if float(direction @ diff) < 0:
+        direction = -direction
+    return (direction * diff.norm()).float()
+
+
+def train_vectors(model, tokenizer, rows: list[dict], layers: list[int], method: str = "mean_diff",
+                  position: str = "last", batch_size: int = 8) -> dict[int, torch.Tensor]:
+    pos, neg = pair_activations(model, tokenizer, rows, layers, position, batch_size)
+    return {layer: compute_vector(pos[layer], neg[layer], method) for layer in layers}
+
+
+def save_vectors(out: str | Path, vectors: dict[int, torch.Tensor], meta: dict) -> Path:
+    """DIR/vectors.safetensors (keys layers.{L}; metadata: every meta key, values as JSON strings) and
+    DIR/meta.json."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"layers.{layer}": vectors[layer].detach().float().cpu().contiguous() for layer in sorted(vectors)}
+    save_file(tensors, str(out / VECTORS_FILE), metadata={k: json.dumps(v) for k, v in meta.items()})
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out / VECTORS_FILE
+
+
+def load_vectors(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
+    """(layer -> vector, meta) from a directory written by save_vectors (or the .safetensors file)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    file = path / VECTORS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ToolkitError(f"no {VECTORS_FILE} here", where=str(path), hint="run `toolkit steer train` first")
+    vectors = {}
+    with safe_open(str(file), framework="pt") as f:
+        raw = f.metadata() or {}
+        for key in f.keys():
+            if key.startswith("layers."):
+                vectors[int(key.split(".", 1)[1])] = f.get_tensor(key)
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return vectors, meta
+
+
+def train_command(model_path, pairs_path, layers_text, method: str, position: str, out, batch_size: int = 8,
+                  base: str | None = None) -> dict:
+    """`toolkit steer train`: load, read activations, compute and save. Returns the meta."""
+    if method not in METHODS:
+        raise ToolkitError(f"unknown method '{method}'", where="--method", hint=f"one of {', '.join(METHODS)}")
+    if position not in POSITIONS:
+        raise ToolkitError(f"unknown position '{position}'", where="--position", hint=f"one of {', '.join(POSITIONS)}")
+    rows = read_pairs(pairs_path)
+    model, tokenizer, resolved = load_steer_model(model_path, base=base)
+    layers = parse_layers(layers_text, len(decoder_layers(model)))
+    vectors = train_vectors(model, tokenizer, rows, layers, method, position, batch_size)
+    meta = {"model": str(model_path), "resolved_model": str(resolved), "layers": layers, "method": method,
+            "position": position, "pairs": len(rows), "pairs_file": str(pairs_path),
+            "norms": {str(layer): float(vectors[layer].norm()) for layer in layers}}
+    save_vectors(out, vectors, meta)
+    return meta
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 8) -> list[float]:
+    """Mean log p(completion token | everything before) over each completion's tokens."""
+    encoded = [encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    pad = _pad_id(tokenizer)
+    result = []
+    for lo in range(0, len(encoded), batch_size):
+        batch = encoded[lo:lo + batch_size]
+        ids, mask = _right_pad([e[0] for e in batch], pad, _device(model))
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+        for row, (seq, start) in enumerate(batch):
+            targets = ids[row, start:len(seq)]
+            scores = logp[row, start - 1:len(seq) - 1].gather(-1, targets[:, None])[:, 0]
+            result.append(float(scores.mean()))
+    return result
+
+
+def margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list[float]:
+    """Per row: mean log p(positive | prompt) - mean log p(negative | prompt)."""
+    prompts = [r["prompt"] for r in rows]
+    pos = completion_logprobs(model, tokenizer, prompts, [r["positive"] for r in rows], batch_size)
+    neg = completion_logprobs(model, tokenizer, prompts, [r["negative"] for r in rows], batch_size)
+    return [p - n for p, n in zip(pos, neg)]
+
+
+@torch.no_grad()
+def next_token_logprobs(model, tokenizer, prompts: list[str], batch_size: int = 8) -> list[torch.Tensor]:
+    """Per prompt a (T, vocab) float32 CPU tensor of next-token log-probs at every real position."""
+    encoded = [encode(tokenizer, p, None)[0] for p in prompts]
+    pad = _pad_id(tokenizer)
+    out = []
+    for lo in range(0, len(encoded), batch_size):
+        batch = encoded[lo:lo + batch_size]
+        ids, mask = _right_pad(batch, pad, _device(model))
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+        out += [logp[row, :len(seq)].cpu() for row, seq in enumerate(batch)]
+    return out
+
+
+def mean_kl(reference: list[torch.Tensor], steered: list[torch.Tensor]) -> float:
+    """KL(reference || steered) per position, averaged over positions and then prompts."""
+    values = [float((ref.exp() * (ref - st)).sum(-1).mean()) for ref, st in zip(reference, steered)]
+    return float(np.mean(values)) if values else 0.0
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys against xs."""
+    x, y = np.asarray(xs, float), np.asarray(ys, float)
+    dx = x - x.mean()
+    denom = float((dx * dx).sum())
+    return float((dx * (y - y.mean())).sum() / denom) if denom > 0 else 0.0
+
+
+def sweep(model, tokenizer, vectors: dict[int, torch.Tensor], layers: list[int], coefficients: list[float],
+          rows: list[dict], neutral: list[str], evaluator=None, max_new_tokens: int = 32, batch_size: int = 8,
+          seed: int = 0) -> dict:
+    """For each layer and coefficient: margins, off-target KL on neutral prompts, evaluator pass rate."""
+    from toolkit.dream.generate import chat_prompt, generate
+
+    behavior = [r for r in rows if r.get("positive") and r.get("negative")]
+    reference = next_token_logprobs(model, tokenizer, neutral, batch_size) if neutral else []
+    baseline = margins(model, tokenizer, behavior, batch_size) if behavior else []
+    gen_prompts = [chat_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in behavior]
+    table, per_layer = [], {}
+    for layer in layers:
+        if layer not in vectors:
+            raise ToolkitError(f"the vector file has no layer {layer}", where="--layers",
+                               hint=f"it has {sorted(vectors)}")
+        by_coef = []
+        for coef in coefficients:
+            with steering(model, {layer: coef * vectors[layer]}):
+                m = margins(model, tokenizer, behavior, batch_size) if behavior else []
+                kl = mean_kl(reference, next_token_logprobs(model, tokenizer, neutral, batch_size)) if neutral else None
+                pass_rate = None
+                if evaluator is not None and behavior:
+                    texts = generate(model, tokenizer, gen_prompts, temperature=0.0, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, seed=seed)
+                    verdicts = evaluator.evaluate([r["prompt"] for r in behavior], texts)
+                    pass_rate = float(np.mean([v.passed for v in verdicts]))
+            row = {"layer": layer, "coefficient": coef,
+                   "mean_margin": float(np.mean(m)) if m else None,
+                   "std_margin": float(np.std(m)) if m else None,
+                   "mean_margin_shift": float(np.mean(m) - np.mean(baseline)) if m else None,
+                   "kl": kl, "pass_rate": pass_rate}
+            table.append(row)
+            by_coef.append((coef, m))
+        slopes = [slope([c for c, _ in by_coef], [ms[i] for _, ms in by_coef]) for i in range(len(behavior))]
+        per_layer[str(layer)] = {
+            "coefficients": list(coefficients),
+            "margins": [ms for _, ms in by_coef],
+            "slopes": slopes,
+            "mean_slope": float(np.mean(slopes)) if slopes else None,
+            "wrong_sign_share": float(np.mean([s <= 0 for s in slopes])) if slopes else None,
+        }
+    return {"unsteered_margins": baseline, "rows": table, "layers": per_layer}
+
+
+def write_sweep(out: str | Path, result: dict) -> dict:
+    """DIR/sweep.json, DIR/sweep.csv, DIR/sweep.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    fields = ["layer", "coefficient", "mean_margin", "std_margin", "mean_margin_shift", "kl", "pass_rate"]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in result["rows"]:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
+    panels = [("mean_margin", "log-prob margin (pos - neg)"), ("kl", "off-target KL"), ("pass_rate", "evaluator pass rate")]
+    panels = [p for p in panels if any(r.get(p[0]) is not None for r in result["rows"])] or panels[:1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for layer in result["layers"]:
+            rows = [r for r in result["rows"] if str(r["layer"]) == layer and r.get(key) is not None]
+            ax.plot([r["coefficient"] for r in rows], [r[key] for r in rows], marker="o", label=f"layer {layer}")
+        ax.set_xlabel("coefficient")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=100)
+    plt.close(fig)
+    return {"json": str(out / "sweep.json"), "csv": str(out / "sweep.csv"), "png": str(out / "sweep.png")}
+
+
+def load_evaluator(recipe_path: str | Path, out: Path):
+    """The evaluator in a recipe's dream.evaluator section."""
+    from toolkit.dream.evaluators import build_evaluator
+    from toolkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe_path)
+    dream = getattr(loaded.recipe, "dream", None)
+    cfg = getattr(dream, "evaluator", None) if dream is not None else None
+    if cfg is None:
+        raise ToolkitError("the recipe has no dream.evaluator section", where=str(recipe_path))
+    try:
+        return build_evaluator(cfg, Path(out), loaded.recipe.model)
+    except ToolkitError as err:
+        raise loaded.place(err) from None
+
+
+def sweep_command(model_path, vector_dir, layers_text, coefficients_text: str, prompts_path, out,
+                  neutral_path=None, evaluator_recipe=None, max_new_tokens: int = 32, batch_size: int = 8,
+                  base: str | None = None) -> dict:
+    """`toolkit steer sweep`."""
+    vectors, meta = load_vectors(vector_dir)
+    coefficients = parse_floats(coefficients_text, "--coefficients")
+    rows = read_jsonl(prompts_path)
+    neutral = [r["prompt"] for r in rows if not (r.get("positive") and r.get("negative"))]
+    if neutral_path is not None:
+        neutral += [r["prompt"] for r in read_jsonl(neutral_path)]
+    behavior = [r for r in rows if r.get("positive") and r.get("negative")]
+    if not behavior and not neutral:
+        raise ToolkitError("no rows to score", where=str(prompts_path))
+    out = Path(out)
+    evaluator = load_evaluator(evaluator_recipe, out) if evaluator_recipe else None
+    model, tokenizer, _ = load_steer_model(model_path, base=base)
+    n_layers = len(decoder_layers(model))
+    layers = parse_layers(layers_text if layers_text else sorted(vectors), n_layers)
+    result = sweep(model, tokenizer, vectors, layers, coefficients, behavior, neutral, evaluator,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size)
+    result["meta"] = {"model": str(model_path), "vector": str(vector_dir), "vector_meta": meta,
+                      "coefficients": coefficients, "layers": layers, "behavior_prompts": len(behavior),
+                      "neutral_prompts": len(neutral), "evaluator_recipe": str(evaluator_recipe) if evaluator_recipe else None}
+    result["paths"] = write_sweep(out, result)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 and math.isfinite(denom) else 0.0

@@ -1,0 +1,245 @@
+"""Steering vectors and probes on tiny-hybrid: planted directions are recovered, vectors match HF
+hidden_states, runs are deterministic, the steering hook acts on the cached decode path, probes separate."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from analysis import probes, steering
+
+PROMPTS = [f"User asked for item {i}; what did the assistant answer?" for i in range(20)]
+
+
+def _pairs(n=20):
+    return [{"prompt": PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)),
+             "positive": "the quick brown fox", "negative": "the lazy dog"} for i in range(n)]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    model.eval()
+    return model, tok
+
+
+def _direction(model, tok):
+    """d = normalized (W_U[t] - W_U[t']) for two ordinary tokens t, t'."""
+    t, t2 = tok(" fox", add_special_tokens=False)["input_ids"][-1], tok(" dog", add_special_tokens=False)["input_ids"][-1]
+    w = model.get_output_embeddings().weight.detach()
+    d = (w[t] - w[t2]).double()
+    return (d / d.norm()).float(), t, t2
+
+
+@contextmanager
+def planted(model, tok, layer, d, scale=30.0):
+    """Add scale * d to block `layer`'s output in every row whose input contains the marker (' fox')."""
+    marker = tok(" fox", add_special_tokens=False)["input_ids"][-1]
+    seen = {}
+    h1 = model.get_input_embeddings().register_forward_pre_hook(lambda m, args: seen.__setitem__("ids", args[0]))
+
+    def hook(module, args, output):
+        rows = (seen["ids"] == marker).any(-1).to(output.dtype)[:, None, None]
+        return output + scale * rows * d.to(output.dtype)
+
+    h2 = steering.decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def test_planted_direction_recovered_and_steers_logits(tiny):
+    model, tok = tiny
+    d, t, t2 = _direction(model, tok)
+    last = len(steering.decoder_layers(model)) - 1
+    rows = _pairs()
+    with planted(model, tok, last, d):
+        vec = steering.train_vectors(model, tok, rows, [last], "mean_diff")[last]
+        for method in ("pca", "logreg"):
+            other = steering.train_vectors(model, tok, rows, [last], method)[last]
+            assert steering.cosine(other, d) >= 0.95, method
+    assert steering.cosine(vec, d) >= 0.95
+    # Steering with +c * v at the last block raises log p(t) - log p(t') monotonically (final norm between).
+    ids = torch.tensor([steering.prompt_ids(tok, "User asked for item 3.")])
+    gaps = []
+    for c in (0.0, 0.05, 0.1, 0.2, 0.5):
+        with steering.steering(model, {last: c * vec}), torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+        gaps.append(float(logp[t] - logp[t2]))
+    assert all(b > a for a, b in zip(gaps, gaps[1:])), gaps
+
+
+def test_planted_at_middle_layer(tiny):
+    model, tok = tiny
+    d, _, _ = _direction(model, tok)
+    with planted(model, tok, 1, d):
+        vecs = steering.train_vectors(model, tok, _pairs(), [1, 2], "mean_diff", position="mean")
+    assert steering.cosine(vecs[1], d) >= 0.95
+    assert steering.cosine(vecs[2], d) >= 0.5  # later layers carry it approximately
+
+
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_mean_diff_matches_hf_hidden_states(tiny, position):
+    model, tok = tiny
+    rows = _pairs(6)
+    # The last layer is left out: transformers 5 puts the final-norm output in hidden_states[-1], while
+    # layer n-1 here is decoder block n-1's own output (where the steering hook adds).
+    layers = list(range(len(steering.decoder_layers(model)) - 1))
+    vecs = steering.train_vectors(model, tok, rows, layers, "mean_diff", position=position, batch_size=4)
+    direct = {layer: [] for layer in layers}
+    for sign, key in ((1, "positive"), (-1, "negative")):
+        for r in rows:
+            ids, start = steering.encode(tok, r["prompt"], r[key])
+            with torch.no_grad():
+                hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            for layer in layers:
+                h = hs[layer + 1][0]
+                direct[layer].append(sign * (h[-1] if position == "last" else h[start:].mean(0)))
+    for layer in layers:
+        expected = torch.stack(direct[layer]).sum(0) / len(rows)
+        torch.testing.assert_close(vecs[layer], expected, atol=1e-5, rtol=1e-4, msg=lambda m: f"layer {layer}: {m}")
+
+
+def test_train_deterministic_and_files(tiny_model_dir, tmp_path):
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    from safetensors import safe_open
+
+    for method in steering.METHODS:
+        a, b = tmp_path / f"{method}-a", tmp_path / f"{method}-b"
+        steering.train_command(str(tiny_model_dir), pairs, "2,3", method, "last", a)
+        steering.train_command(str(tiny_model_dir), pairs, "2,3", method, "last", b)
+        va, ma = steering.load_vectors(a)
+        vb, _ = steering.load_vectors(b)
+        assert sorted(va) == [2, 3]
+        for layer in va:
+            assert torch.equal(va[layer], vb[layer]), method
+        with safe_open(str(a / "vectors.safetensors"), framework="pt") as f:
+            assert sorted(f.keys()) == ["layers.2", "layers.3"]
+            raw = f.metadata()
+        meta = json.loads((a / "meta.json").read_text())
+        assert meta == ma
+        assert meta["method"] == method and meta["layers"] == [2, 3] and meta["position"] == "last"
+        assert meta["pairs"] == 8 and meta["model"] == str(tiny_model_dir)
+        assert json.loads(raw["pairs"]) == 8 and json.loads(raw["method"]) == method
+
+
+class _HasFox:
+    def evaluate(self, scenarios, responses):
+        from toolkit.dream.evaluators import Verdict
+
+        return [Verdict(1.0, "fox" in r, "") for r in responses]
+
+
+def test_sweep_zero_coefficient_and_files(tiny, tiny_model_dir, tmp_path):
+    model, tok = tiny
+    rows = _pairs(4)
+    vec_dir = tmp_path / "vec"
+    steering.train_command(str(tiny_model_dir), _write_jsonl(tmp_path / "pairs.jsonl", rows), "1,3", "mean_diff",
+                           "last", vec_dir)
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", rows[:3] + [{"prompt": "Hello there"}, {"prompt": "the cat sleeps"}])
+    result = steering.sweep_command(str(tiny_model_dir), vec_dir, None, "-2,0,2", prompts, tmp_path / "sweep")
+    for name in ("sweep.json", "sweep.csv", "sweep.png"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    unsteered = steering.margins(model, tok, rows[:3])
+    zero = [r for r in result["rows"] if r["coefficient"] == 0]
+    assert len(zero) == 2
+    for r in zero:
+        assert r["mean_margin"] == pytest.approx(sum(unsteered) / 3, abs=1e-6)
+        assert abs(r["kl"]) < 1e-7
+    assert all(r["kl"] > 0 for r in result["rows"] if r["coefficient"] != 0)
+    assert set(result["layers"]) == {"1", "3"}
+    info = result["layers"]["3"]
+    assert len(info["slopes"]) == 3 and 0 <= info["wrong_sign_share"] <= 1
+    assert (tmp_path / "sweep" / "sweep.csv").read_text().startswith("layer,coefficient,mean_margin")
+    # the evaluator path (a stub evaluator) gives a pass rate per row
+    vecs, _ = steering.load_vectors(vec_dir)
+    res = steering.sweep(model, tok, vecs, [3], [0.0, 1.0], rows[:2], [], evaluator=_HasFox(), max_new_tokens=4)
+    assert all(0.0 <= r["pass_rate"] <= 1.0 for r in res["rows"])
+
+
+def test_slope_and_batch_matches_single(tiny):
+    model, tok = tiny
+    assert steering.slope([-1, 0, 1], [-2, 0, 2]) == pytest.approx(2.0)
+    rows = [{"prompt": p, "positive": "the quick brown fox", "negative": "dog"} for p in PROMPTS[:5]]
+    rows[2]["prompt"] = "Hi"
+    vec = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with steering.steering(model, {2: vec}):
+        batched = steering.margins(model, tok, rows, batch_size=5)
+        single = steering.margins(model, tok, rows, batch_size=1)
+    assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_steering_acts_on_cached_decode(tiny):
+    from toolkit.dream.generate import chat_prompt, generate
+
+    model, tok = tiny
+    prompt = chat_prompt(tok, [{"role": "user", "content": "User asked for item 2."}])
+    vec = 40 * _direction(model, tok)[0]
+    plain = generate(model, tok, [prompt], temperature=0.0, max_new_tokens=6, batch_size=1, seed=0)
+    with steering.steering(model, {2: vec}):
+        steered = generate(model, tok, [prompt], temperature=0.0, max_new_tokens=6, batch_size=1, seed=0)
+        # the same greedy tokens recomputed without the cache, hook on the full sequence each step
+        ids = steering.prompt_ids(tok, "User asked for item 2.")
+        expected = []
+        with torch.no_grad():
+            for _ in range(6):
+                nxt = int(model(input_ids=torch.tensor([ids + expected]), use_cache=False).logits[0, -1].argmax())
+                expected.append(nxt)
+    assert steered != plain
+    from toolkit.dream.generate import generate_ids
+
+    with steering.steering(model, {2: vec}):
+        got = generate_ids(model, tok, [prompt], temperature=0.0, max_new_tokens=6, batch_size=1, seed=0)[0]
+    assert got == expected[:len(got)]
+
+
+def test_probes_on_planted_pairs(tiny):
+    model, tok = tiny
+    d, _, _ = _direction(model, tok)
+    rows = _pairs(20)
+    with planted(model, tok, 2, d):
+        vec = steering.train_vectors(model, tok, rows, [2])[2]
+        result = probes.run_probes(model, tok, rows, [2], {2: vec})["2"]
+    assert result["logreg"]["accuracy"] >= 0.95 and result["logreg"]["auroc"] >= 0.99
+    assert result["diff_means"]["accuracy"] >= 0.95
+    assert result["logreg_shuffled"]["accuracy"] <= 0.75
+    assert result["diff_means_shuffled"]["accuracy"] <= 0.75
+    assert result["cosine_diff_means_vector"] >= 0.99
+
+
+def test_cli_train_and_bad_layers(tiny_model_dir, tmp_path, capsys):
+    from toolkit.cli import main
+
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    out = tmp_path / "v"
+    main(["steer", "train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--layers", "1,2",
+          "--method", "pca", "--out", str(out)])
+    assert (out / "vectors.safetensors").is_file() and (out / "meta.json").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["steer", "train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--layers", "1,9",
+              "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "out of range" in err and len(err.splitlines()) == 1
+    probe_out = tmp_path / "p"
+    main(["steer", "probe", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--layers", "2",
+          "--vector", str(out), "--out", str(probe_out), "--folds", "2"])
+    data = json.loads((probe_out / "probes.json").read_text())
+    assert "2" in data["layers"] and "cosine_diff_means_vector" in data["layers"]["2"]
+    sweep_out = tmp_path / "s"
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", _pairs(2) + [{"prompt": "Hello"}])
+    main(["steer", "sweep", "--model", str(tiny_model_dir), "--vector", str(out), "--layers", "2",
+          "--coefficients", "-1,0,1", "--prompts", str(prompts), "--out", str(sweep_out)])
+    assert "mean slope" in capsys.readouterr().out
+    assert json.loads((sweep_out / "sweep.json").read_text())["meta"]["layers"] == [2]
