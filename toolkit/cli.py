@@ -213,13 +213,14 @@ SteerModelOpt = Annotated[str, typer.Option("--model", help="A model directory, 
 SteerLayersOpt = Annotated[str, typer.Option("--layers", help="Decoder layers, e.g. 2,3 (layer L = hidden_states[L+1]).")]
 SteerPositionOpt = Annotated[str, typer.Option("--position", help="Where to read activations: last (last completion "
                                                                    "token) or mean (over completion tokens).")]
+SteerPairsOpt = Annotated[Path, typer.Option("--pairs", help="Pairs JSONL: {\"prompt\", \"positive\", \"negative\"}.")]
 SteerBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.")]
 
 
 @steer_app.command("train")
 def steer_train(
     model: SteerModelOpt,
-    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL: {\"prompt\", \"positive\", \"negative\"}.")],
+    pairs: SteerPairsOpt,
     layers: SteerLayersOpt,
     out: Annotated[Path, typer.Option("--out", help="Output directory (vectors.safetensors, meta.json).")],
     method: Annotated[str, typer.Option("--method", help="mean_diff, pca or logreg.")] = "mean_diff",
@@ -265,7 +266,7 @@ def steer_sweep(
 @steer_app.command("probe")
 def steer_probe(
     model: SteerModelOpt,
-    pairs: Annotated[Path, typer.Option("--pairs", help="Pairs JSONL: {\"prompt\", \"positive\", \"negative\"}.")],
+    pairs: SteerPairsOpt,
     layers: SteerLayersOpt,
     out: Annotated[Path, typer.Option("--out", help="Output directory (probes.json).")],
     vector: Annotated[Path | None, typer.Option("--vector", help="Steering vectors to compare probe directions with.")] = None,
