@@ -243,3 +243,25 @@ def test_cli_train_and_bad_layers(tiny_model_dir, tmp_path, capsys):
           "--coefficients", "-1,0,1", "--prompts", str(prompts), "--out", str(sweep_out)])
     assert "mean slope" in capsys.readouterr().out
     assert json.loads((sweep_out / "sweep.json").read_text())["meta"]["layers"] == [2]
+
+
+def test_probe_compares_the_vector_with_the_finetune_shift(tiny_model_dir, tmp_path):
+    """`steer probe --tuned RUN`: per layer, the cosine of the vector with the shift the LoRA caused."""
+    import math
+
+    from test_train import run_toolkit, write_recipe
+
+    from analysis.probes import probe_command
+    from analysis.steering import train_command
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, "tuned", max_steps=4, checkpoint_every=4, eval_every=4, lr=2e-2)
+    run_toolkit("finetune", str(recipe))
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    train_command(str(tiny_model_dir), pairs, "1,2", "mean_diff", "last", tmp_path / "vec")
+    result = probe_command(str(tiny_model_dir), pairs, "1,2", tmp_path / "probe", vector_dir=tmp_path / "vec",
+                           tuned=tmp_path / "tuned", base=str(tiny_model_dir))
+    shift = result["finetune_shift"]
+    assert sorted(int(k) for k in shift) == [1, 2]
+    for info in shift.values():
+        assert info["shift_norm"] > 0  # the fine-tune moved the activations
+        assert math.isfinite(info["cosine_vector_shift"]) and -1.0 <= info["cosine_vector_shift"] <= 1.0
