@@ -29,10 +29,11 @@ GOAL_MS = 0.5
 
 
 @dataclass(frozen=True)
-class Source:
-    name: str
-    tier: int | None = None
-    weight: float = 1.0
+class Source(SourceInfo):
+    """A data source as the curriculum sees it: the plan's SourceInfo holding examples (the curriculum
+    draws only sources that hold examples)."""
+
+    train: tuple = ("an example",)
 
 
 @dataclass(frozen=True)

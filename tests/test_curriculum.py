@@ -41,13 +41,11 @@ def fuzz(n: int) -> settings:
 
 
 @dataclass(frozen=True)
-class Src:
-    """What the curriculum needs of a data source."""
+class Src(SourceInfo):
+    """A data source as the curriculum sees it: the plan's SourceInfo holding examples (the curriculum
+    draws only sources that hold examples)."""
 
-    name: str
-    tier: int | None = None
-    weight: float = 1.0
-    train: tuple = ("an example",)  # the curriculum draws only sources that hold examples
+    train: tuple = ("an example",)
 
 
 @dataclass(frozen=True)

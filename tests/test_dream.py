@@ -260,21 +260,22 @@ def test_schedule_mode_follows_seed_003(tmp_path, tiny_model_and_tokenizer, prog
 
 def test_two_processes_dream_once_and_draw_the_same(tmp_path, tiny_model_dir):
     """Rank 0 dreams and broadcasts its pool, so both ranks draw (and train on) the same dream batches."""
-    import subprocess
-    import sys
-
-    from test_train import REPO, draws, losses, run_toolkit
+    from test_train import draws, launch_two_processes, losses, run_toolkit
 
     single = dream_recipe(tmp_path, tiny_model_dir, "single", batch_size=2, grad_accum=2)
     double = dream_recipe(tmp_path, tiny_model_dir, "double", batch_size=2, grad_accum=1)
     run_toolkit("finetune", str(single))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "toolkit", "finetune", str(double)]
-    out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-3000:]
+    launch_two_processes(double)
     assert draws(tmp_path / "double") == draws(tmp_path / "single") and "dream" in draws(tmp_path / "double").values()
     one, two = losses(tmp_path / "single"), losses(tmp_path / "double")
     assert all(abs(one[s] - two[s]) <= 1e-4 for s in one)
     cycles = [e for e in read_jsonl(tmp_path / "double" / "journal.jsonl") if e["kind"] == "dream_cycle"]
     assert len(cycles) == 3  # written once, by rank 0
+
+
+def test_a_seed_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "seeds.jsonl"
+    bad.write_bytes(b'{"situation": "fine"}\n\xff\xfe\n')
+    with pytest.raises(ToolkitError, match="not UTF-8") as err:
+        load_seeds(str(bad))
+    assert err.value.where == f"{bad}:2"

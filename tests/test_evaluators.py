@@ -139,7 +139,7 @@ def test_classifier_with_scenarios_reads_scenario_and_response(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "invalid JSON"),
+    ("{not json", "not valid JSON"),
     ('["a list"]', "expected a JSON object"),
     ('{"text": 3, "label": 1}', '"text" must be a string'),
     ('{"text": "hi", "label": 2}', '"label" must be 0, 1'),

@@ -74,6 +74,15 @@ def run_toolkit(*args, check=True) -> subprocess.CompletedProcess:
     return out
 
 
+def launch_two_processes(recipe: Path) -> None:
+    """`accelerate launch --cpu --num_processes 2 -m toolkit finetune RECIPE`, which must succeed."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "toolkit", "finetune", str(recipe)]
+    out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r}
 
@@ -219,11 +228,7 @@ def test_two_processes_match_one_with_the_same_global_batch(work, tiny_model_dir
     double = write_recipe(work, tiny_model_dir, "double", dropout=0.0, max_steps=6, batch_size=2, grad_accum=1,
                           checkpoint_every=6, eval_every=6)
     run_toolkit("finetune", str(single))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "toolkit", "finetune", str(double)]
-    out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-3000:]
+    launch_two_processes(double)
     start = [e for e in read_jsonl(work / "double" / "journal.jsonl") if e["kind"] == "run_start"][0]
     assert start["data"]["processes"] == 2, "accelerate started one process"
     one, two = losses(work / "single"), losses(work / "double")

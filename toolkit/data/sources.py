@@ -59,28 +59,34 @@ def read_records(src: SourceConfig, index: int) -> Records:
     return Records(rows[: src.max_examples] if src.max_examples else rows)
 
 
+def jsonl_rows(path: Path, data: bytes | None = None) -> Iterator[tuple[str, dict | None, str | None]]:
+    """(where, record, problem) for each non-blank line of a JSONL file (or of its bytes `data`):
+    `problem` says why a line is not a JSON object (bad JSON, not UTF-8, another JSON type)."""
+    lines = data.splitlines() if data is not None else Path(path).read_bytes().splitlines()
+    for lineno, raw in enumerate(lines, start=1):  # bytes: a line that is not UTF-8 is a bad line like any other
+        if not raw.strip():
+            continue  # blank lines (a trailing newline, spacing) are not records
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+        except UnicodeDecodeError as exc:
+            record, problem = None, f"not UTF-8 text (byte {exc.start + 1})"
+        except json.JSONDecodeError as exc:
+            record, problem = None, f"not valid JSON: {exc.msg} (column {exc.colno})"
+        yield f"{path}:{lineno}", (record if problem is None else None), problem
+
+
 def _read_jsonl(path: Path, src: SourceConfig) -> Records:
     out = Records()
-    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is a bad line like any other
-        for lineno, raw in enumerate(f, start=1):
-            if src.max_examples and len(out) >= src.max_examples:
-                break
-            if not raw.strip():
-                continue  # blank lines (a trailing newline, spacing) are not records
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(raw.decode("utf-8"))
-                problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
-            except UnicodeDecodeError as exc:
-                problem = f"not UTF-8 text (byte {exc.start + 1})"
-            except json.JSONDecodeError as exc:
-                problem = f"not valid JSON: {exc.msg} (column {exc.colno})"
-            if problem is None:
-                out.append((where, record))
-            elif src.on_bad_line == "skip":
-                out.bad_lines += 1
-            else:
-                raise ToolkitError(problem, where=where, hint="fix the line, or set on_bad_line: skip for this source")
+    for where, record, problem in jsonl_rows(path):
+        if src.max_examples and len(out) >= src.max_examples:
+            break
+        if problem is None:
+            out.append((where, record))
+        elif src.on_bad_line == "skip":
+            out.bad_lines += 1
+        else:
+            raise ToolkitError(problem, where=where, hint="fix the line, or set on_bad_line: skip for this source")
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from toolkit.curriculum.rewards import load_score_fn
+from toolkit.data.sources import jsonl_rows
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import EvaluatorConfig, ModelConfig
 
@@ -129,20 +130,9 @@ def read_examples(path: Path, data: bytes) -> tuple[list[str], list[int], bool]:
     Rows are {"text", "label"} or {"scenario", "response", "label"}, one shape per file; labels 0/1 or
     false/true."""
     texts, labels, with_scenario = [], [], None
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ToolkitError(f"examples file is not UTF-8: {exc}", key=f"{KEY}.examples") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(f"invalid JSON: {exc.msg}", where=where) from None
-        if not isinstance(row, dict):
-            raise ToolkitError("expected a JSON object", where=where)
+    for where, row, problem in jsonl_rows(path, data):
+        if problem:
+            raise ToolkitError(problem, where=where)
         if with_scenario is None:
             with_scenario = "scenario" in row
         elif with_scenario != ("scenario" in row):

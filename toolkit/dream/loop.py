@@ -11,12 +11,11 @@ weight `zpd_floor`, so cycles dwell at the model's decision boundary, the zone o
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
 
-from toolkit.data.sources import stable_seed
+from toolkit.data.sources import jsonl_rows, stable_seed
 from toolkit.dream.generate import chat_prompt, generate
 from toolkit.dream.pool import DreamSource
 from toolkit.dream.temperature import TemperaturePolicy
@@ -175,16 +174,12 @@ def load_seeds(path: str) -> list[dict]:
     rows, file = [], Path(path)
     if not file.is_file():
         raise ToolkitError(f"dream seeds file not found: {path}", key="dream.seeds")
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(f"not valid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("situation"), str) or not row["situation"].strip():
-            raise ToolkitError("a seed needs a non-empty \"situation\" string", where=f"{path}:{lineno}")
-        rows.append({**row, "id": str(row.get("id", f"{file.name}:{lineno}"))})
+    for where, row, problem in jsonl_rows(file):
+        if problem:
+            raise ToolkitError(problem, where=where)
+        if not isinstance(row.get("situation"), str) or not row["situation"].strip():
+            raise ToolkitError("a seed needs a non-empty \"situation\" string", where=where)
+        rows.append({**row, "id": str(row.get("id", f"{file.name}:{where.rsplit(':', 1)[1]}"))})
     if not rows:
         raise ToolkitError("the dream seeds file holds no seeds", where=path)
     return rows
