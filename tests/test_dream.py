@@ -279,3 +279,12 @@ def test_a_seed_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     with pytest.raises(ToolkitError, match="not UTF-8") as err:
         load_seeds(str(bad))
     assert err.value.where == f"{bad}:2"
+
+
+def test_the_dream_source_needs_a_name_of_its_own(tmp_path, tiny_model_dir):
+    from test_train import run_toolkit
+
+    recipe = dream_recipe(tmp_path, tiny_model_dir, "clash")
+    out = run_toolkit("validate", str(recipe), "--set", "dream.source=chat", check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "dream.source: 'chat' is already a data source's name" in out.stderr

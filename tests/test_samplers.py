@@ -18,6 +18,7 @@ from toolkit.curriculum.samplers import (
     WeightedSampler,
     build_sampler,
 )
+from toolkit.data.sources import rng_state, set_rng_state
 
 # UCB1 with the default c = sqrt(2) needs this gap to reach 90% by draw 2,000 (see the falsifier test)
 MIN_GAP = 0.4
@@ -219,16 +220,13 @@ def _play(sampler, rng, steps):
 def test_state_round_trip_through_json_continues_identically(name):
     sampler, rng = ALL_SAMPLERS[name](), random.Random(7)
     _play(sampler, rng, range(150))
-    version, internal, gauss = rng.getstate()
-    checkpoint = json.dumps({"sampler": sampler.state_dict(), "rng": [version, list(internal), gauss]},
-                            allow_nan=False)
+    checkpoint = json.dumps({"sampler": sampler.state_dict(), "rng": rng_state(rng)}, allow_nan=False)
     expected = _play(sampler, rng, range(150, 300))
 
     restored, restored_rng = ALL_SAMPLERS[name](), random.Random()
     loaded = json.loads(checkpoint)
     restored.load_state_dict(loaded["sampler"])
-    version, internal, gauss = loaded["rng"]
-    restored_rng.setstate((version, tuple(internal), gauss))
+    set_rng_state(restored_rng, loaded["rng"])
     assert _play(restored, restored_rng, range(150, 300)) == expected
     assert restored.state_dict() == sampler.state_dict()
 

@@ -21,7 +21,7 @@ from toolkit.curriculum.plan import CurriculumPlan, Phase
 from toolkit.curriculum.rewards import LOSS_EMA, RewardScaler, load_score_fn, raw_reward
 from toolkit.curriculum.samplers import build_sampler
 from toolkit.curriculum.shares import ShareLimiter
-from toolkit.data.sources import stable_seed
+from toolkit.data.sources import rng_state, set_rng_state, stable_seed
 from toolkit.errors import ToolkitError
 from toolkit.monitor.repetition import seq_rep_n
 
@@ -151,10 +151,9 @@ class Curriculum:
     # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        version, internal, gauss = self.rng.getstate()
         return {
             "config": self.cfg.model_dump(mode="json"),
-            "rng": [version, list(internal), gauss],
+            "rng": rng_state(self.rng),
             "sampler": self.sampler.state_dict(),
             "limits": self.limits.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -168,11 +167,10 @@ class Curriculum:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self.rng, state["rng"])
         self.scaler.load_state_dict(state["scaler"])
         self.draws = Counter(state["draws"])
-        self.running_loss = {n: v for n, v in state["running_loss"].items()}
+        self.running_loss = dict(state["running_loss"])
         self.repetition = dict(state["repetition"])
         self.loss_mean = state["loss_mean"]
         self.failures = deque(state["failures"], maxlen=FAILURE_WINDOW)

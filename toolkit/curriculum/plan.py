@@ -57,7 +57,10 @@ class CurriculumPlan:
     @classmethod
     def from_recipe(cls, recipe) -> "CurriculumPlan":
         infos = [SourceInfo(s.name, s.tier, s.weight) for s in recipe.data.sources]
-        if recipe.dream.enabled:  # the dream loop's examples are a source like any other
+        if recipe.dream.enabled:  # the dream loop's examples are a source like any other, of its own
+            if recipe.dream.source in {s.name for s in infos}:
+                raise ToolkitError(f"'{recipe.dream.source}' is already a data source's name", key="dream.source",
+                                   hint="the dream loop's examples need a source of their own")
             infos.append(SourceInfo(recipe.dream.source, recipe.dream.tier, recipe.dream.weight))
         return cls(recipe.curriculum, infos, recipe.train, recipe.run.seed)
 

@@ -18,6 +18,7 @@ class ShareLimiter:
 
     def new_segment(self) -> None:
         self.segment: Counter = Counter()
+        self.total = 0  # draws in the segment
         self.recent: deque = deque(maxlen=self.window)
         self.recent_counts: Counter = Counter()
 
@@ -27,6 +28,7 @@ class ShareLimiter:
         self.recent.append(name)
         self.recent_counts[name] += 1
         self.segment[name] += 1
+        self.total += 1
 
     def owed(self, eligible: list[str]) -> str | None:
         """The eligible source furthest below its floor, if one is short by a whole draw."""
@@ -44,11 +46,10 @@ class ShareLimiter:
         return [min(eligible, key=lambda n: (self.segment[n] + 1) / (self.caps.get(n, 1.0) or 1e-9))]
 
     def shares(self) -> dict[str, float]:
-        total = sum(self.segment.values())
-        return {n: c / total for n, c in self.segment.items()} if total else {}
+        return {n: c / self.total for n, c in self.segment.items()} if self.total else {}
 
     def _views(self):
-        yield self.segment, sum(self.segment.values())
+        yield self.segment, self.total
         if len(self.recent) == self.window:
             yield self.recent_counts, self.window
 
@@ -67,3 +68,4 @@ class ShareLimiter:
         for name in state["recent"]:
             self.record(name)
         self.segment = Counter(state["segment"])
+        self.total = sum(self.segment.values())

@@ -136,6 +136,17 @@ def stable_seed(*parts) -> int:
     return zlib.crc32(":".join(str(p) for p in parts).encode())
 
 
+def rng_state(rng: random.Random) -> list:
+    """A `random.Random`'s state as JSON-ready lists (components keep their RNGs in state.json)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng: random.Random, state: list) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
 class Source:
     """One source's examples: `train` handed out by `next_examples` in shuffled epochs, `val` kept apart.
 

@@ -15,14 +15,14 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from toolkit.data.sources import jsonl_rows, stable_seed
+from toolkit.data.sources import jsonl_rows, rng_state, set_rng_state, stable_seed
 from toolkit.dream.generate import chat_prompt, generate
 from toolkit.dream.pool import DreamSource
 from toolkit.dream.temperature import TemperaturePolicy
 from toolkit.errors import ToolkitError
 from toolkit.journal import JsonlWriter
 
-PASS_RATE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # pass-rate histogram: 0, (0, .25], ..., (.75, 1) and 1
+PASS_RATE_BINS = (0.25, 0.5, 0.75, 1.0)  # pass-rate histogram: never, (0, .25], ..., (.75, 1), always
 
 
 class DreamLoop:
@@ -145,13 +145,11 @@ class DreamLoop:
     # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss], "cycles": self.cycles, "policy": self.policy.state_dict(),
+        return {"rng": rng_state(self.rng), "cycles": self.cycles, "policy": self.policy.state_dict(),
                 "seed_outcomes": {k: list(v) for k, v in self.seed_outcomes.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self.rng, state["rng"])
         self.cycles = state["cycles"]
         self.policy.load_state_dict(state["policy"])
         self.seed_outcomes = {k: list(v) for k, v in state["seed_outcomes"].items()}
@@ -164,7 +162,7 @@ def histogram(rates: list[float]) -> dict[str, int]:
         if rate == 0 or rate == 1:
             counts["never" if rate == 0 else "always"] += 1
         else:
-            upper = next(b for b in PASS_RATE_BINS[1:] if rate <= b or b == 1.0)
+            upper = next(b for b in PASS_RATE_BINS if rate <= b)
             counts[f"<={upper:g}"] += 1
     return dict(sorted(counts.items()))
 

@@ -81,10 +81,12 @@ class DreamSource:
                 "position": self.position, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.records, self.examples = {}, {}
+        kept, self.records, self.examples = self.examples, {}, {}
         for record in state["records"]:
             key = _key(record["messages"])
-            if self._tokenize(key, record):
+            if key in kept:  # a rank taking rank 0's pool after a cycle re-tokenizes only what is new
+                self.records[key], self.examples[key] = record, kept[key]
+            elif self._tokenize(key, record):
                 self.records[key] = record
         self.epoch, self.order, self.position = state["epoch"], list(state["order"]), state["position"]
         self.skipped = state["skipped"]
