@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from toolkit.data.sources import jsonl_rows
+from toolkit.errors import ToolkitError
+
 DEFAULT_MAX_TOKENS = 256
 MERGED_PREFIX = "head-diff-merged-"
 
@@ -59,7 +62,8 @@ def _adapter_base(adapter_dir: Path, run_dir: Path | None) -> str:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{adapter_dir}: adapter_config.json names no base model; pass base=")
+        raise ToolkitError("adapter_config.json names no base model", where=str(adapter_dir),
+                           hint="pass the base model explicitly")
     return base
 
 
@@ -77,27 +81,31 @@ def _merge_adapter(adapter_dir: Path, base: str, dtype=torch.float32) -> str:
     return str(out)
 
 
-def load_for_capture(path_or_run: str | Path, base: str | None = None) -> str:
-    """A local model dir (or hub id) the bridge can boot.
-
-    model dir or hub id -> as is; full-model run dir (RUN/model) -> RUN/model; PEFT adapter dir or LoRA run
-    dir (RUN/adapter) -> the adapter merged into its base (`base`, else RUN/resolved_recipe.yaml's
-    model.name_or_path, RUN/base-model for tiny-hybrid, else adapter_config's base) in a temp dir.
-    """
+def resolve_weights(path_or_run: str | Path, base: str | None = None) -> tuple[str, Path | None]:
+    """(model dir or hub id, adapter dir or None) behind a model dir, hub id, full-model run dir (RUN/model),
+    PEFT adapter dir or LoRA run dir (RUN/adapter). An adapter's base: `base`, else the run's recipe model
+    (RUN/base-model for tiny-hybrid), else adapter_config's base_model_name_or_path."""
     path = Path(str(path_or_run)).expanduser()
     if not path.exists():
-        return str(path_or_run)  # a hub id
+        return str(path_or_run), None  # a hub id
     if (path / "adapter_config.json").is_file():
         run_dir = path.parent if (path.parent / "resolved_recipe.yaml").is_file() else None
-        return _merge_adapter(path, base or _adapter_base(path, run_dir))
+        return base or _adapter_base(path, run_dir), path
     if (path / "config.json").is_file():
-        return str(path)
+        return str(path), None
     if (path / "adapter" / "adapter_config.json").is_file():
-        return _merge_adapter(path / "adapter", base or _adapter_base(path / "adapter", path))
+        return base or _adapter_base(path / "adapter", path), path / "adapter"
     if (path / "model" / "config.json").is_file():
-        return str(path / "model")
-    raise ValueError(f"{path}: not a model dir, adapter dir or run dir (no config.json, adapter_config.json, "
-                     "adapter/ or model/)")
+        return str(path / "model"), None
+    raise ToolkitError("not a model dir, adapter dir or run dir (no config.json, adapter_config.json, adapter/ "
+                       "or model/)", where=str(path))
+
+
+def load_for_capture(path_or_run: str | Path, base: str | None = None) -> str:
+    """A local model dir (or hub id) the bridge can boot: an adapter is merged into a copy of its base
+    in a temp dir, named with MERGED_PREFIX, which the caller removes."""
+    model_dir, adapter = resolve_weights(path_or_run, base)
+    return _merge_adapter(adapter, model_dir) if adapter is not None else model_dir
 
 
 # ---------------------------------------------------------------- prompts
@@ -117,17 +125,15 @@ def prompt_text(row: dict, tokenizer) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
     if "text" in row:
         return row["text"]
-    raise ValueError(f"probe row has none of 'messages', 'prompt', 'text': {sorted(row)}")
+    raise ToolkitError(f"a probe row needs 'messages', 'prompt' or 'text'; it has {sorted(row)}")
 
 
 def read_prompts(path: str | Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{i}: not JSON: {exc}") from None
+    for where, row, problem in jsonl_rows(Path(path)):
+        if problem:
+            raise ToolkitError(problem, where=where)
+        rows.append(row)
     return rows
 
 

@@ -52,21 +52,23 @@ META_FILE = "meta.json"
 
 
 def load_steer_model(path_or_run: str | Path, base: str | None = None, device: str | None = None):
-    """(model, tokenizer, resolved model dir) for a model dir, run dir or adapter dir (adapters merged)."""
-    from analysis.capture import load_for_capture
+    """(model, tokenizer, model dir) for a model dir, run dir or adapter dir; an adapter is loaded on its
+    base and merged in memory (no copy on disk)."""
+    from analysis.capture import resolve_weights
+    from toolkit.lora import load_adapter
     from toolkit.model import load_model, load_tokenizer
     from toolkit.recipe import ModelConfig
 
-    try:
-        resolved = load_for_capture(path_or_run, base=base)
-    except ValueError as exc:
-        raise ToolkitError(str(exc).splitlines()[0], where=str(path_or_run)) from None
-    cfg = ModelConfig(name_or_path=resolved)
-    model = load_model(resolved, cfg)
-    tokenizer = load_tokenizer(resolved, cfg)
+    model_dir, adapter = resolve_weights(path_or_run, base=base)
+    cfg = ModelConfig(name_or_path=model_dir)
+    model = load_model(model_dir, cfg)
+    tokenizer = load_tokenizer(str(adapter) if adapter and (adapter / "tokenizer_config.json").is_file()
+                               else model_dir, cfg)
+    if adapter is not None:
+        model = load_adapter(model, adapter).merge_and_unload()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    return model, tokenizer, resolved
+    return model, tokenizer, model_dir
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.capture import (attention_head_slices, boot_bridge, capture, capture_bridge, list_heads,
+from analysis.capture import (MERGED_PREFIX, attention_head_slices, boot_bridge, capture, capture_bridge, list_heads,
                               load_for_capture)
 from analysis.head_diff import run_head_diff
 
@@ -167,7 +167,9 @@ def test_a_planted_change_ranks_at_the_top_of_its_kind(tiny_model_dir, probes, t
 
 
 def test_a_lora_run_dir_as_tuned_end_to_end(tiny_model_dir, probes, tmp_path):
-    from tests.test_train import run_toolkit, write_recipe
+    import tempfile
+
+    from test_train import run_toolkit, write_recipe
 
     recipe = write_recipe(tmp_path, tiny_model_dir, "hd-lora", max_steps=4, checkpoint_every=4, eval_every=4)
     run_toolkit("finetune", str(recipe))
@@ -175,7 +177,9 @@ def test_a_lora_run_dir_as_tuned_end_to_end(tiny_model_dir, probes, tmp_path):
     merged = load_for_capture(run_dir)
     assert Path(merged, "config.json").is_file() and Path(merged, "tokenizer_config.json").is_file()
     shutil.rmtree(merged)
+    before = set(Path(tempfile.gettempdir()).glob(f"{MERGED_PREFIX}*"))
     run_head_diff(tiny_model_dir, run_dir, probes, tmp_path / "report")
+    assert set(Path(tempfile.gettempdir()).glob(f"{MERGED_PREFIX}*")) == before  # the merged copy is removed
     data = json.loads((tmp_path / "report" / "head_diff.json").read_text())
     assert len(data["heads"]) == 16 and {h["kind"] for h in data["heads"]} == {"attention", "gdn"}
     assert any(h["score"] > 1e-6 for h in data["heads"]), "LoRA training changed no head"
@@ -209,3 +213,15 @@ def test_finetune_runs_head_diff_when_the_analysis_section_asks(tmp_path, tiny_m
     missing = run_toolkit("analyze", "head-diff", "--base", str(tiny_model_dir), "--tuned", str(run_dir),
                           "--prompts", str(tmp_path / "nope.jsonl"), check=False)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_a_tuned_path_that_is_no_model_is_a_one_line_error(tmp_path, tiny_model_dir):
+    from test_train import run_toolkit
+
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text('{"prompt": "Use tabs."}\n')
+    (tmp_path / "empty").mkdir()
+    out = run_toolkit("analyze", "head-diff", "--base", str(tiny_model_dir), "--tuned", str(tmp_path / "empty"),
+                      "--prompts", str(probes), "--out", str(tmp_path / "out"), check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "not a model dir, adapter dir or run dir" in out.stderr

@@ -196,11 +196,12 @@ def test_steering_acts_on_cached_decode(tiny):
                 nxt = int(model(input_ids=torch.tensor([ids + expected]), use_cache=False).logits[0, -1].argmax())
                 expected.append(nxt)
     assert steered != plain
-    from toolkit.dream.generate import generate_ids
+    from toolkit.dream.generate import eos_token_ids, generate_ids
 
     with steering.steering(model, {2: vec}):
         got = generate_ids(model, tok, [prompt], temperature=0.0, max_new_tokens=6, batch_size=1, seed=0)[0]
-    assert got == expected[:len(got)]
+    stop = next((i + 1 for i, t in enumerate(got) if t in eos_token_ids(model, tok)), None)
+    assert got and got == expected[:len(got)] and (len(got) == 6 or stop == len(got))  # full length, or ended at EOS
 
 
 def test_probes_on_planted_pairs(tiny):

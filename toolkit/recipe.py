@@ -260,7 +260,7 @@ class MonitorConfig(Section):
 
     enabled: bool = True
     audit_every: int = Field(100, ge=0)  # steps between sample audits; 0: none
-    probes: list[str] = DEFAULT_PROBES
+    probes: list[str] = Field(DEFAULT_PROBES, min_length=1)
     max_new_tokens: int = Field(48, ge=1)
     sample_temperature: float = Field(0.8, gt=0)  # each probe is answered greedily and sampled
     repetition: RepetitionMonitorConfig = RepetitionMonitorConfig()

@@ -95,6 +95,9 @@ class ModelHolder:
         from toolkit.model import load_model, load_tokenizer
 
         model_cfg = self._model_config()
+        self.model, self.tokenizer = None, None  # drop the old weights before loading the new: never two at once
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         adapter, full = ckpt_dir / "adapter", ckpt_dir / "model"
@@ -111,9 +114,6 @@ class ModelHolder:
             raise ToolkitError("checkpoint holds neither adapter/ nor model/", where=str(ckpt_dir))
         model.to(device)
         model.eval()
-        self.model, self.tokenizer = None, None  # drop the old weights before keeping the new
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         self.model, self.tokenizer = model, tokenizer
 
     def _model_config(self):
