@@ -296,24 +296,14 @@ class JudgeEvaluator:
 
     def evaluate(self, scenarios: list[str], responses: list[str]) -> list[Verdict]:
         _check_lengths(scenarios, responses)
-        prompts = [self.prompt(s, r) for s, r in zip(scenarios, responses)]
-        outputs = []
-        for start in range(0, len(prompts), JUDGE_BATCH):
-            outputs += self.generate(prompts[start:start + JUDGE_BATCH])
-        return [self.verdict(text) for text in outputs]
+        return [self.verdict(text) for text in self.generate([self.prompt(s, r) for s, r in zip(scenarios, responses)])]
 
     def generate(self, prompts: list[str]) -> list[str]:
-        import torch
-        from transformers import GenerationConfig
+        """Greedy, batched, left-padded: the dream loop's own generation (its judge settings never leak in)."""
+        from toolkit.dream.generate import generate
 
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
-        # a fresh greedy config: the judge's own may sample (temperature, top_p) and would warn or differ
-        greedy = GenerationConfig(do_sample=False, max_new_tokens=self.cfg.max_new_tokens,
-                                  pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=self.model.generation_config.eos_token_id)
-        with torch.no_grad():
-            out = self.model.generate(**batch, generation_config=greedy)
-        return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return generate(self.model, self.tokenizer, prompts, temperature=0.0, max_new_tokens=self.cfg.max_new_tokens,
+                        batch_size=JUDGE_BATCH, seed=0)
 
     def verdict(self, text: str) -> Verdict:
         value = parse_score(text, self.pattern)
@@ -325,7 +315,7 @@ class JudgeEvaluator:
 
 
 def load_judge(path: str, model_cfg: ModelConfig | None):
-    """The judge model (eval mode, fp32, CPU) and its left-padding tokenizer, through toolkit.model's loaders."""
+    """The judge model (eval mode, fp32, CPU) and its tokenizer, through toolkit.model's loaders."""
     import torch
 
     from toolkit.model import load_model, load_tokenizer
@@ -339,7 +329,6 @@ def load_judge(path: str, model_cfg: ModelConfig | None):
         model = load_model(path, judge_cfg, dtype=torch.float32)
     except ToolkitError as exc:
         raise ToolkitError(exc.message, key=f"{KEY}.model", hint=exc.hint) from None
-    tokenizer.padding_side = "left"  # generation continues from the last position of every row
     return model.eval(), tokenizer
 
 
