@@ -775,3 +775,22 @@ def test_plot_of_a_directory_without_metrics_is_a_one_line_error(tmp_path, capsy
     code, _, err = cli(capsys, "curriculum", "plot", FIREHOSE, "--run", tmp_path, "--out", tmp_path / "x.png")
     assert one_line_error(code, err) == f"error: {tmp_path}: no metrics.jsonl: is this a run directory?"
     assert not (tmp_path / "x.png").exists()
+
+
+def judge_score(source: str, loss: float, examples: list, step: int) -> float:
+    """A teacher's verdict for the `score` reward: it likes source b, whatever the loss says."""
+    return 0.9 if source == "b" else 0.1
+
+
+def test_a_score_callback_supplies_the_reward():
+    cfg = CurriculumConfig(sampler="ucb1", reward="score", score_fn=f"{__name__}:judge_score",
+                           repetition={"veto_above": None, "penalty": 0})
+    curriculum = make(cfg, [Src("a"), Src("b"), Src("c")], max_steps=2000)
+    for step in range(2000):
+        source = curriculum.pick(step)
+        reward = curriculum.observe(source, 1.0, varied_examples(step), step)
+        assert reward is not None and 0.0 <= reward <= 1.0
+    assert curriculum.draws["b"] > 0.8 * 2000  # the bandit follows the callback, not the (equal) losses
+    with pytest.raises(ToolkitError, match="cannot import") as err:
+        make(cfg.model_copy(update={"score_fn": "no_such_module:fn"}), [Src("a")], max_steps=10)
+    assert err.value.key == "curriculum.score_fn"
