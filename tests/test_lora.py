@@ -16,7 +16,9 @@ from toolkit.lora import (
     linear_module_names,
     load_adapter,
     load_trainable_state_dict,
+    portable_name,
     resolve_lora_targets,
+    split_targets,
     save_adapter,
     trainable_state_dict,
 )
@@ -77,7 +79,7 @@ def test_presets_select_exactly_the_expected_modules(base):
     assert sorted(resolve_lora_targets(base, "mlp")) == expected(range(4), "mlp", MLP)
     everything = expected([3], "self_attn", ATTN) + expected([0, 1, 2], "linear_attn", GDN) + expected(range(4), "mlp", MLP)
     assert sorted(resolve_lora_targets(base, "hybrid-all")) == sorted(everything)
-    assert set(LORA_PRESETS) == {"attention", "gdn", "mlp", "hybrid-all"}
+    assert set(LORA_PRESETS) == {"attention", "gdn", "mlp", "moe", "hybrid-all"}
 
 
 def test_explicit_targets(base):
@@ -148,20 +150,22 @@ def test_qwen3_next_gdn_preset_hits_fused_projections():
     assert sorted(resolve_lora_targets(model, "attention")) == expected([3], "self_attn", ATTN)
 
 
-def test_qwen3_next_mlp_targets_that_peft_would_rewrite_are_left_out():
-    """peft (transformers v5) rewrites *_proj MLP targets on Qwen3-Next into LoRA on every routed expert."""
+def test_qwen3_next_mlp_targets_adapt_the_shared_expert_not_every_routed_expert():
+    """peft (transformers v5) rewrites *_proj module targets on Qwen3-Next into LoRA on every routed expert;
+    the shared expert's (and the dense layer's) projections go to peft as parameters instead, so LoRA lands on
+    exactly them, and the router (not an nn.Linear) is reachable through the moe preset."""
     model = tiny_qwen3_next()
-    with pytest.raises(ToolkitError, match="routed expert") as err:
-        resolve_lora_targets(model, "mlp")
-    assert err.value.key == "lora.targets"
-    with pytest.warns(UserWarning, match="routed expert"):
-        targets = resolve_lora_targets(model, "hybrid-all")
-    assert sorted(targets) == sorted(expected([0, 1, 2], "linear_attn", ["in_proj_qkvz", "in_proj_ba", "out_proj"])
-                                     + expected([3], "self_attn", ATTN))
-    with pytest.warns(UserWarning):
-        peft_model = attach_lora(model, LoraConfig(r=4, targets="hybrid-all", train_gates=True))
-    wrapped = {n.removesuffix(".lora_A") for n, _ in peft_model.named_modules() if n.endswith(".lora_A")}
-    assert {n.removeprefix("base_model.model.") for n in wrapped} == set(targets)  # no expert LoRA
+    mlp = resolve_lora_targets(model, "mlp")
+    assert sorted(mlp) == sorted(expected([0, 2, 3], "mlp.shared_expert", MLP) + expected([1], "mlp", MLP))
+    modules, parameters = split_targets(model, mlp)
+    assert modules == [] and parameters == [portable_name(n) + ".weight" for n in mlp]
+    moe = resolve_lora_targets(model, "moe")
+    assert {n.rsplit(".", 1)[-1] for n in moe} == {"gate_proj", "up_proj", "down_proj", "shared_expert_gate", "gate"}
+    peft_model = attach_lora(model, LoraConfig(r=4, targets=["hybrid-all", "moe"], train_gates=True))
+    lora_params = [n for n, p in peft_model.named_parameters() if "lora_" in n]
+    assert not any(".experts." in n for n in lora_params)  # no routed-expert LoRA
+    assert any(".mlp.gate.lora_A" in n for n in lora_params) and any("shared_expert.down_proj.lora_B" in n
+                                                                        for n in lora_params)
     assert len(gate_parameters(peft_model)) == 3 * 2
 
 

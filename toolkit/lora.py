@@ -1,7 +1,10 @@
 """LoRA on any causal LM, with presets for Qwen3.5 / Qwen3-Next hybrids (Gated DeltaNet + full attention).
 
-Targets are resolved here to an explicit list of full module names before peft sees them, so a preset
-hits exactly the modules it names (peft's own suffix matching would also hit, e.g., a vision tower).
+Targets are resolved here to an explicit list of module names before peft sees them, so a preset hits
+exactly the modules it names (peft's own suffix matching would also hit, e.g., a vision tower). Names are
+kept from the decoder block list on (`layers.3.self_attn.q_proj`, `h.0.attn.c_attn`), so the adapter
+selects the same modules in the text-only class we train (`model.layers`) and in a multimodal checkpoint's
+class (`model.language_model.layers`); `save_adapter` stores the tensors under both names.
 
 GDN gates. LoRA cannot reach the 1-D gate parameters `A_log` and `dt_bias`; with `train_gates` they
 are trained directly. peft has no wrapper for a bare 1-D parameter (`modules_to_save` wraps whole
@@ -18,8 +21,8 @@ adapter saved with gates.
 from __future__ import annotations
 
 import copy
+import json
 import re
-import warnings
 from pathlib import Path
 
 import torch
@@ -31,16 +34,20 @@ from toolkit.recipe import GDN_GATE_PARAMS, LoraConfig
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # Regexes on full module names; each is matched as a dotted suffix: (anything.)?<pattern>.
-_ATTENTION = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+# Llama/Qwen/Mistral/Gemma self_attn projections; GPT-2's fused Conv1D c_attn and its output c_proj
+_ATTENTION = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)|attn\.(c_attn|c_proj)"
 # Qwen3.5 (separate projections) and Qwen3-Next (fused in_proj_qkvz / in_proj_ba)
 _GDN = r"linear_attn\.(in_proj_qkv|in_proj_z|in_proj_a|in_proj_b|in_proj_qkvz|in_proj_ba|out_proj)"
-# dense MLPs and MoE shared experts (mlp.shared_expert.gate_proj); fused expert weights are not nn.Linear
-_MLP = r"mlp\.(.*\.)?(gate_proj|up_proj|down_proj)"
+# dense MLPs (GPT-2: c_fc, c_proj) and MoE shared experts; routed experts are fused 3-D parameters, not modules
+_MLP = r"mlp\.(gate_proj|up_proj|down_proj|c_fc|c_proj)|mlp\.shared_expert\.(gate_proj|up_proj|down_proj)"
+# MoE: the shared expert, its gate and the router (`mlp.gate`, a weight that is not an nn.Linear)
+_MOE = r"mlp\.shared_expert\.(gate_proj|up_proj|down_proj)|mlp\.shared_expert_gate|mlp\.gate"
 
 LORA_PRESETS: dict[str, tuple[str, ...]] = {
     "attention": (_ATTENTION,),
     "gdn": (_GDN,),
     "mlp": (_MLP,),
+    "moe": (_MOE,),
     "hybrid-all": (_ATTENTION, _GDN, _MLP),
 }
 
@@ -48,11 +55,24 @@ LORA_PRESETS: dict[str, tuple[str, ...]] = {
 # ---------------------------------------------------------------- targets
 
 
-def _linear_modules(model) -> dict[str, nn.Linear]:
-    """Full name -> nn.Linear, skipping peft's own layers (lora_A/lora_B) if LoRA is already attached."""
+def _is_linear(module) -> bool:
+    """nn.Linear, GPT-2's Conv1D (a transposed linear peft also adapts), or an MoE router: a module whose own
+    2-D `weight` is a linear map but that is not an nn.Linear (LoRA reaches it through peft's target_parameters)."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, (nn.Linear, Conv1D)):
+        return True
+    weight = getattr(module, "weight", None)
+    return type(module).__name__.endswith("Router") and isinstance(weight, nn.Parameter) and weight.ndim == 2
+
+
+def _linear_modules(model) -> dict[str, nn.Module]:
+    """Full name -> linear module, skipping peft's own layers (lora_A/lora_B) if LoRA is already attached."""
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and ".lora_" not in name:
+        if _is_linear(module) and ".lora_" not in name and not name.endswith(".base_layer"):
+            found[name] = module
+        elif name.endswith(".base_layer") and _is_linear(module):
             found[name.removesuffix(".base_layer")] = module
     return found
 
@@ -102,29 +122,39 @@ def resolve_lora_targets(model, targets: str | list[str]) -> list[str]:
         selected.update(hit)
     if not selected:
         raise _no_match_error(f"targets {entries}", model)
-    return _drop_rewritten_by_peft(model, [n for n in names if n in selected])
+    return [n for n in names if n in selected]
 
 
-def _drop_rewritten_by_peft(model, names: list[str]) -> list[str]:
-    """Leave out targets that peft would not wrap as the modules they are.
+def split_targets(model, names: list[str]) -> tuple[list[str], list[str]]:
+    """(target_modules, target_parameters) for peft, as layout-free names (see `portable_name`).
 
-    On transformers v5, peft rewrites `gate_proj`/`up_proj`/`down_proj` targets of some MoE architectures
-    (Qwen3-Next, Mixtral, Qwen2-MoE, ...) into LoRA on every routed expert's fused weight (a shim for adapters
-    trained on v4) and drops the nn.Linear targets, dense and shared-expert MLPs included. Left in, `hybrid-all`
-    on Qwen3-Next would put rank-r LoRA on each of 512 experts per layer. peft does the same on load, so the
-    rewrite cannot be bypassed without breaking plain `PeftModel.from_pretrained`.
+    Modules peft wraps as themselves go to target_modules. Two kinds go to target_parameters (LoRA on the
+    module's `weight`) instead: routers, which are not nn.Linear, and linears that peft would rewrite. On
+    transformers v5 peft turns `gate_proj`/`up_proj`/`down_proj`/`gate` targets of MoE architectures
+    (Qwen3-Next, Qwen3.5-MoE, Mixtral, ...) into LoRA on every routed expert's fused weight, shared-expert
+    and dense MLPs included, on attach and again on load; as parameters they stay the modules named.
     """
-    leaves = {n.rsplit(".", 1)[-1] for n in names}
-    rewritten = {leaf for leaf in leaves if _peft_rewrites(model, leaf)}
-    if not rewritten:
-        return names
-    kept = [n for n in names if n.rsplit(".", 1)[-1] not in rewritten]
-    what = f"peft turns {sorted(rewritten)} targets on {model.config.model_type} into LoRA on every routed expert"
-    if not kept:
-        raise ToolkitError(f"{what}, so they cannot be targeted here", key="lora.targets",
-                           hint="target attention/gdn projections instead")
-    warnings.warn(f"lora.targets: {what}; leaving them out ({len(names) - len(kept)} modules)", stacklevel=3)
-    return kept
+    from torch import nn as _nn
+    from transformers.pytorch_utils import Conv1D
+
+    modules = _linear_modules(model)
+    rewritten = {leaf for leaf in {n.rsplit(".", 1)[-1] for n in names} if _peft_rewrites(model, leaf)}
+    as_modules, as_parameters = [], []
+    for name in names:
+        wrappable = isinstance(modules[name], (_nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] not in rewritten
+        (as_modules if wrappable else as_parameters).append(name)
+    return [portable_name(n) for n in as_modules], [portable_name(n) + ".weight" for n in as_parameters]
+
+
+_DECODER_BLOCK = re.compile(r"(?:^|\.)((?:layers|h)\.\d+\..+)$")
+
+
+def portable_name(name: str) -> str:
+    """A module name from the decoder block list on ("layers.3.self_attn.q_proj"): peft matches target names
+    as dotted suffixes, so the same adapter config selects the same modules in the text-only class
+    (model.layers.3...) and in a multimodal class (model.language_model.layers.3...)."""
+    match = _DECODER_BLOCK.search(name)
+    return match.group(1) if match else name
 
 
 def _peft_rewrites(model, leaf: str) -> bool:
@@ -154,24 +184,34 @@ def attach_lora(model, lora_cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model
 
-    targets = resolve_lora_targets(model, lora_cfg.targets)
+    target_modules, target_parameters = split_targets(model, resolve_lora_targets(model, lora_cfg.targets))
     if lora_cfg.train_gates and not gate_parameters(model):
         raise ToolkitError("train_gates needs a model with Gated DeltaNet layers (A_log, dt_bias); this one has none",
                            key="lora.train_gates")
+    if target_parameters and lora_cfg.dora:
+        raise ToolkitError(f"DoRA cannot adapt {target_parameters[0]} (peft applies DoRA to modules only)",
+                           key="lora.dora", hint="leave out the moe targets or set lora.dora: false")
     peft_cfg = PeftLoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
-        target_modules=targets,  # explicit full names: peft matches exactly these
+        target_modules=target_modules or None,  # explicit names: peft matches exactly these
+        target_parameters=target_parameters or None,
         use_rslora=lora_cfg.rslora,
         use_dora=lora_cfg.dora,
         bias="none",
         task_type=TaskType.CAUSAL_LM,
     )
     peft_model = get_peft_model(model, peft_cfg)
+    # peft shortens 20+ targets to the fewest suffixes that tell them apart in THIS model (often bare leaf names);
+    # saved that way, loading into the checkpoint's class could also hit its vision tower's q_proj. Keep them whole.
+    peft_model.peft_config["default"].target_modules = list(target_modules) or None
     if lora_cfg.train_gates:
-        # after get_peft_model, which freezes every base parameter
+        # after get_peft_model, which freezes every base parameter. In fp32 even on a bf16 base: an AdamW step
+        # of 2e-4 on A_log ~ 1 is below bf16's resolution (2^-7 relative), so in bf16 the gates never move.
+        # The GDN layers compute the decay in fp32 from these anyway.
         for param in gate_parameters(peft_model).values():
+            param.data = param.data.float()
             param.requires_grad_(True)
     return peft_model
 
@@ -183,20 +223,57 @@ def _trained_gates(model) -> dict[str, nn.Parameter]:
 # ---------------------------------------------------------------- save / load
 
 
+ALIASES_METADATA = "toolkit_layer_aliases"
+
+
 def save_adapter(model, out_dir: Path) -> None:
-    """Write the adapter in PEFT format (safetensors); trained gates go into the same weights file."""
+    """Write the adapter in PEFT format (safetensors); trained gates go into the same weights file.
+
+    When the base checkpoint's own class keeps the decoder blocks elsewhere than the class we trained (a
+    multimodal Qwen3.5: `model.language_model.layers` vs `model.layers`), every tensor is also stored under
+    the checkpoint's name. Plain `PeftModel.from_pretrained` loads by exact key and neither peft nor the
+    multimodal class map one name to the other, so with both names the adapter loads into either class (each
+    takes its own keys and ignores the others); vLLM/SGLang, which load the checkpoint's class, find the names
+    they expect. `read_adapter_weights` returns each tensor once.
+    """
     from safetensors.torch import load_file, save_file
 
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
-    gates = _trained_gates(model)
-    if not gates:
-        return
     path = out_dir / ADAPTER_WEIGHTS
     weights = load_file(path)
     # PeftModel names (base_model.model.<base name>): the keys plain peft's load_state_dict expects
-    weights.update({n: p.detach().cpu().contiguous().clone() for n, p in gates.items()})
-    save_file(weights, path, metadata={"format": "pt"})
+    weights.update({n: p.detach().cpu().contiguous().clone() for n, p in _trained_gates(model).items()})
+    aliases = _layer_aliases(model)
+    for trained, checkpoint in aliases.items():
+        weights.update({checkpoint + k[len(trained):]: v.clone() for k, v in list(weights.items()) if k.startswith(trained)})
+    save_file(weights, path, metadata={"format": "pt", ALIASES_METADATA: json.dumps(aliases)})
+
+
+def _layer_aliases(model) -> dict[str, str]:
+    """{trained key prefix: checkpoint key prefix} of the decoder blocks, when the two differ."""
+    from toolkit.layout import checkpoint_layers_name, decoder_layers_name
+
+    base = model.get_base_model()
+    name_or_path = getattr(base, "name_or_path", None) or ""
+    try:
+        checkpoint = checkpoint_layers_name(name_or_path)
+    except Exception:  # an architecture this transformers cannot build: save the trained names only
+        checkpoint = None
+    trained = decoder_layers_name(base)
+    if checkpoint is None or checkpoint == trained:
+        return {}
+    return {f"base_model.model.{trained}.": f"base_model.model.{checkpoint}."}
+
+
+def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """An adapter's tensors, each once, under the names of the class it was trained in (aliases dropped)."""
+    from safetensors import safe_open
+
+    with safe_open(Path(adapter_dir) / ADAPTER_WEIGHTS, framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get(ALIASES_METADATA, "{}"))
+        alias_prefixes = tuple(aliases.values())
+        return {k: f.get_tensor(k) for k in f.keys() if not (alias_prefixes and k.startswith(alias_prefixes))}
 
 
 def load_adapter(base_model, adapter_dir: Path, is_trainable: bool = False):
@@ -241,9 +318,36 @@ def load_trainable_state_dict(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def export_merged(model, tokenizer, out_dir: Path) -> None:
-    """Save base + adapter (+ gates) as one ordinary model; the training model is left untouched."""
+    """Save base + adapter (+ gates) as one ordinary model in the base checkpoint's own layout (for a
+    multimodal base: its class, vision tower included, with the merged text weights); the training model
+    is left untouched."""
     out_dir = Path(out_dir)
     merged = copy.deepcopy(model).merge_and_unload()  # a copy: merging in place would end training
-    merged.save_pretrained(out_dir, safe_serialization=True)
+    full = _checkpoint_class_with(merged)
+    (full if full is not None else merged).save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+
+
+def _checkpoint_class_with(merged):
+    """The base checkpoint loaded in the class its config.json names, with `merged`'s text weights; None when
+    that class is the one we trained."""
+    import transformers
+
+    from toolkit.layout import checkpoint_config, checkpoint_layers_name, decoder_layers_name
+
+    raw = checkpoint_config(getattr(merged, "name_or_path", "") or "")
+    cls = getattr(transformers, (raw or {}).get("architectures", [""])[0], None)
+    if cls is None or isinstance(merged, cls):
+        return None
+    checkpoint, trained = checkpoint_layers_name(merged.name_or_path), decoder_layers_name(merged)
+    full = cls.from_pretrained(merged.name_or_path, dtype=next(merged.parameters()).dtype)
+    ckpt_root, trained_root = checkpoint.rsplit(".", 1)[0], trained.rsplit(".", 1)[0]  # model.language_model / model
+    state = {(ckpt_root + k[len(trained_root):] if k.startswith(trained_root + ".") else k): v
+             for k, v in merged.state_dict().items()}
+    missing = set(state) - set(full.state_dict())
+    if missing:
+        raise ToolkitError(f"cannot place merged weights into {cls.__name__}: e.g. {sorted(missing)[:2]}",
+                           key="lora.export_merged")
+    full.load_state_dict(state, strict=False)
+    return full

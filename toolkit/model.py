@@ -128,25 +128,40 @@ def load_tokenizer(path: str, model_cfg: ModelConfig):
         raise ToolkitError(f"cannot load tokenizer from '{path}': {exc}", key="model.name_or_path") from None
     if model_cfg.chat_template:
         tokenizer.chat_template = model_cfg.chat_template
+    # read by toolkit.chat.render, so training, dream, serve and analysis render prompts alike
+    tokenizer.chat_template_kwargs = dict(getattr(model_cfg, "chat_template_kwargs", None) or {})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model(path: str, model_cfg: ModelConfig, dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM
+    """The causal LM at `path`. For a multimodal checkpoint (Qwen3.5 dense and MoE ship as
+    `*ForConditionalGeneration` with `text_config`) this is its text model alone (`Qwen3_5ForCausalLM`):
+    transformers maps `model.language_model.*` to `model.*` and the vision tower is neither loaded nor needed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    common = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     try:
+        config = AutoConfig.from_pretrained(path, **common)
         model = AutoModelForCausalLM.from_pretrained(
-            path,
-            revision=model_cfg.revision,
-            trust_remote_code=model_cfg.trust_remote_code,
-            dtype=dtype,
-            attn_implementation=model_cfg.attn_implementation,
+            path, config=_causal_lm_config(config), dtype=dtype, attn_implementation=model_cfg.attn_implementation,
+            **common,
         )
     except (OSError, ValueError) as exc:
         raise ToolkitError(f"cannot load model '{path}': {first_line(exc)}", key="model.name_or_path") from None
     return model
+
+
+def _causal_lm_config(config):
+    """The config AutoModelForCausalLM should build from. A multimodal checkpoint that ties its embeddings at
+    the top level only (small Qwen3.5s) stores no lm_head; the text model built alone must tie them too, or its
+    lm_head is left random."""
+    text = getattr(config, "text_config", None)
+    if text is None or not getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", True):
+        return config
+    text.tie_word_embeddings = True
+    return config
 
 
 def is_hybrid(model) -> bool:
