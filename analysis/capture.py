@@ -112,17 +112,20 @@ def load_for_capture(path_or_run: str | Path, base: str | None = None) -> str:
 
 
 def prompt_text(row: dict, tokenizer) -> str:
-    """{"messages": [...]} / {"prompt": ..., "response"?: ...} through the chat template; {"text": ...} as is."""
+    """{"messages": [...]} / {"prompt": ..., "response"?: ...} through the chat template (the plain format
+    without one) as toolkit.chat renders them: with the generation prompt, or as a finished conversation when
+    the last message is the assistant's; {"text": ...} as is."""
+    from toolkit.chat import chat_prompt, render
+
     messages = row.get("messages")
     if messages is None and "prompt" in row:
         messages = [{"role": "user", "content": row["prompt"]}]
         if row.get("response"):
             messages.append({"role": "assistant", "content": row["response"]})
-    if messages is not None:
-        if getattr(tokenizer, "chat_template", None):
-            gen = messages[-1].get("role") != "assistant"
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-        return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    if messages:
+        if messages[-1].get("role") == "assistant":
+            return render(tokenizer, messages, add_generation_prompt=False)
+        return chat_prompt(tokenizer, messages)
     if "text" in row:
         return row["text"]
     raise ToolkitError(f"a probe row needs 'messages', 'prompt' or 'text'; it has {sorted(row)}")
@@ -293,7 +296,9 @@ def _hook_names(heads: list[HeadInfo]) -> set[str]:
 
 
 def encode(text: str, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
-    ids = tokenizer(text, add_special_tokens=True, return_tensors="pt")["input_ids"][:, :max_tokens]
+    from toolkit.chat import encode_prompt  # one BOS rule: a template that writes BOS gets no second one
+
+    ids = torch.tensor([encode_prompt(tokenizer, text)[:max_tokens]], dtype=torch.long)
     if ids.shape[1] == 0:
         raise ValueError("a probe prompt tokenizes to nothing")
     return ids

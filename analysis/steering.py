@@ -145,12 +145,11 @@ def parse_floats(text: str, option: str) -> list[float]:
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The user turn through the chat template with the generation prompt (plain text without one)."""
-    from toolkit.dream.generate import chat_prompt
+    """The user turn through the chat template with the generation prompt (the plain format without one),
+    encoded as at inference (toolkit.chat)."""
+    from toolkit.chat import chat_prompt, encode_prompt
 
-    text = chat_prompt(tokenizer, [{"role": "user", "content": prompt}])
-    bos = tokenizer.bos_token
-    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+    return encode_prompt(tokenizer, chat_prompt(tokenizer, [{"role": "user", "content": prompt}]))
 
 
 def encode(tokenizer, prompt: str, completion: str | None) -> tuple[list[int], int]:

@@ -54,6 +54,8 @@ class ModelConfig(Section):
     attn_implementation: str | None = "sdpa"
     tiny: TinyHybridConfig = TinyHybridConfig()
     chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
+    # extra variables for the chat template, used by training and inference alike: {enable_thinking: false}
+    chat_template_kwargs: dict[str, Any] = {}
 
 
 GDN_GATE_PARAMS = ("A_log", "dt_bias")

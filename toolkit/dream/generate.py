@@ -18,14 +18,11 @@ from contextlib import contextmanager
 
 import torch
 
+from toolkit.chat import chat_prompt, encode_prompt
+
+__all__ = ["chat_prompt", "eos_token_ids", "generate", "generate_ids"]  # chat_prompt: from toolkit.chat
+
 CHATML_END = "<|im_end|>"
-
-
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """The prompt that asks the model for the next assistant turn; plain joined text without a template."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(m["content"] for m in messages)
 
 
 def generate(model, tokenizer, prompts: list[str], *, temperature: float, max_new_tokens: int, batch_size: int,
@@ -42,7 +39,7 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float, max_ne
 def generate_ids(model, tokenizer, prompts: list[str], *, temperature: float, max_new_tokens: int, batch_size: int,
                  seed: int, min_new_tokens: int = 0) -> list[list[int]]:
     """`generate`'s new token ids, up to and including the end-of-turn token (no padding after it)."""
-    ids = [_encode(tokenizer, p) for p in prompts]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
     # Sorting by length keeps prompts of like length together, so batches carry little padding.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     eos = eos_token_ids(model, tokenizer)
@@ -71,12 +68,6 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     if CHATML_END in tokenizer.get_vocab():
         found.append(tokenizer.convert_tokens_to_ids(CHATML_END))
     return list(dict.fromkeys(i for i in found if i is not None))
-
-
-def _encode(tokenizer, prompt: str) -> list[int]:
-    # A chat template already writes the BOS token into the text; don't add a second one.
-    bos = tokenizer.bos_token
-    return tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
 
 
 def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,247 @@
+"""Chat prompts: the one place where messages become text and text becomes token ids.
+
+Training, the dream loop, the monitor, the server and the analysis tools all render through here, so a
+model is trained on exactly the prompt text it sees at inference (same template, same
+`tokenizer.chat_template_kwargs`, e.g. `{enable_thinking: false}` from the recipe's
+`model.chat_template_kwargs`).
+
+- `render(tokenizer, messages, add_generation_prompt=...)`: the model's own chat template, unchanged, with
+  the tokenizer's `chat_template_kwargs`. A tokenizer without a template (GPT-2) gets `PLAIN_CHAT_TEMPLATE`
+  (passed per call, never stored on the tokenizer): each non-assistant message's content and a newline,
+  each assistant reply and the EOS token; the generation prompt adds nothing.
+- `chat_prompt(tokenizer, messages)`: what the model sees before it answers.
+- `encode_prompt(tokenizer, text)`: the BOS rule. The tokenizer's special tokens are added only when the
+  text does not already start with the BOS token (Llama-3, Mistral and Gemma templates write BOS
+  themselves), so there is never a second BOS.
+- `supervised_example(tokenizer, messages, train_on=...)`: token ids and labels for assistant-only loss.
+
+How the loss mask is found. The conversation is rendered once (F) and tokenized once with offsets; the
+mask is located in F's TEXT, never by comparing token ids of partial renders: a generation prompt's text
+can be a prefix of F while its token ids are not (Qwen3.5 in thinking mode: the prompt ends `<think>\\n`,
+F goes on `\\n</think>\\n\\n` and `\\n\\n` is one token). For assistant message i:
+
+1. anchor = the longest common prefix of F and render(messages[:i], add_generation_prompt=True): past every
+   earlier message even when the template rewrites earlier turns (Qwen3/3.5 strip earlier `<think>` blocks).
+2. The end-of-turn text is what render(messages[:i+1]) writes right after the reply, less trailing
+   whitespace (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`, EOS for the plain format).
+3. The reply is the first occurrence of the content (as given, else stripped: templates may `|trim` it)
+   after the anchor that F continues with the end-of-turn text, with no end-of-turn text in between.
+   When the message has a `reasoning_content` that the template renders there (Qwen3/3.5 on the turns
+   after the last user message), the region starts at the reasoning instead, so reasoning, `</think>`
+   and the content are all learned.
+4. Region = [reply start, end of the end-of-turn text). A token is supervised when its characters overlap
+   a region. A token may reach before the region only by whitespace the template writes right before the
+   reply (Mistral's `[/INST] ` + reply: the model has to generate `▁Hello`), so such a token is learned
+   with its space; anything else crossing a region edge is an error.
+
+The same text method serves every template; `{% generation %}` markers are neither needed nor read (a
+template with them renders the same text and gets the same mask). Whatever the toolkit cannot mask exactly
+(reply text not found, end-of-turn text missing or different in the full conversation, a tokenizer
+without offsets, a template error) is a one-line `ToolkitError` naming the template, at the data line:
+never a silent wrong mask. The empty think block Qwen3.5 writes on the final turn is context, not target.
+"""
+
+from __future__ import annotations
+
+from toolkit.errors import ToolkitError, first_line
+
+IGNORE = -100  # label of a token that carries no loss (PyTorch cross_entropy's ignore_index)
+
+# For a tokenizer without a chat template (GPT-2 and other base models). Passed through
+# apply_chat_template's `chat_template=` argument, never assigned to the tokenizer.
+PLAIN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}{{- message['content'] + (eos_token or '') }}"
+    "{%- else %}{{- message['content'] + '\\n' }}{%- endif %}"
+    "{%- endfor %}"
+)
+PLAIN_TEMPLATE_DESCRIPTION = ("plain text (the tokenizer has no chat template): each message's content, then a "
+                              "newline after a user/system message and the EOS token after an assistant reply; "
+                              "the prompt adds nothing")
+
+TEMPLATE_HINT = ("the template must write each assistant message's content unchanged and end the turn with an "
+                 "end-of-turn token; set model.chat_template to one that does, e.g. toolkit.model.CHAT_TEMPLATE "
+                 "(ChatML; {% generation %} markers are not needed)")
+
+
+def has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def template_kwargs(tokenizer) -> dict:
+    """Extra template variables (the recipe's model.chat_template_kwargs, set on the tokenizer by the loader)."""
+    return dict(getattr(tokenizer, "chat_template_kwargs", None) or {})
+
+
+def template_description(tokenizer) -> str:
+    """One line for the journal: which template renders the prompts."""
+    if not has_template(tokenizer):
+        return PLAIN_TEMPLATE_DESCRIPTION
+    kwargs = template_kwargs(tokenizer)
+    return "the tokenizer's chat template" + (f" with chat_template_kwargs {kwargs}" if kwargs else "")
+
+
+def template_name(tokenizer) -> str:
+    """How errors name the template: whose it is."""
+    if not has_template(tokenizer):
+        return "the plain chat format (the tokenizer has no chat template)"
+    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    return f"the chat template of {name} (or model.chat_template)"
+
+
+def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool, where: str | None = None) -> str:
+    """The conversation as text through the tokenizer's template (or the plain format), with its kwargs."""
+    kwargs = template_kwargs(tokenizer)
+    if not has_template(tokenizer):
+        kwargs["chat_template"] = PLAIN_CHAT_TEMPLATE
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **kwargs)
+    except Exception as exc:  # jinja errors ("roles must alternate"), a template that needs other inputs
+        raise ToolkitError(f"{template_name(tokenizer)} failed on this conversation: {first_line(exc)}",
+                           where=where, hint=TEMPLATE_HINT) from None
+    if not isinstance(text, str):
+        raise ToolkitError(f"{template_name(tokenizer)} did not render to text", where=where, hint=TEMPLATE_HINT)
+    return text
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt that asks the model for the next assistant turn (training renders the same text)."""
+    return render(tokenizer, messages, add_generation_prompt=True)
+
+
+def _add_special_tokens(tokenizer, text: str) -> bool:
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered text: the tokenizer's special tokens (its BOS) only when the text does not
+    start with the BOS token already (templates that write BOS themselves)."""
+    return list(tokenizer(text, add_special_tokens=_add_special_tokens(tokenizer, text))["input_ids"])
+
+
+# ---------------------------------------------------------------- assistant-only loss
+
+
+def supervised_example(tokenizer, messages: list[dict], *, train_on: str = "all",
+                       where: str | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a conversation: labels are the ids on each assistant reply and its end-of-turn
+    token, IGNORE elsewhere; `train_on="last"` keeps only the final reply. See the module docstring."""
+    if not any(m.get("role") == "assistant" for m in messages):
+        raise ToolkitError("the conversation has no assistant message to train on", where=where)
+    full = render(tokenizer, messages, add_generation_prompt=False, where=where)
+    regions = [reply_region(tokenizer, messages, i, full, where)
+               for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if train_on == "last":
+        regions = regions[-1:]  # earlier assistant turns are context only
+    input_ids, offsets = _encode_with_offsets(tokenizer, full, where)
+    labels = [IGNORE] * len(input_ids)
+    for start, end in regions:
+        for k in _covering_tokens(tokenizer, full, offsets, start, end, where):
+            labels[k] = input_ids[k]
+    return input_ids, labels
+
+
+def supervised_spans(input_ids: list[int], labels: list[int]) -> list[list[int]]:
+    """The supervised token ids of an example, one list per contiguous run (for display and tests)."""
+    spans: list[list[int]] = []
+    previous = False
+    for token, label in zip(input_ids, labels):
+        if label != IGNORE:
+            if not previous:
+                spans.append([])
+            spans[-1].append(token)
+        previous = label != IGNORE
+    return spans
+
+
+def reply_region(tokenizer, messages: list[dict], i: int, full: str, where: str | None = None) -> tuple[int, int]:
+    """[start, end) in `full` (the rendered conversation) of assistant message i's reply and end-of-turn text."""
+    message = messages[i]
+    content = message.get("content")
+    reasoning = message.get("reasoning_content")
+    reasoning = reasoning.strip() if isinstance(reasoning, str) else ""
+    if not isinstance(content, str) or not content.strip():
+        raise ToolkitError(f"messages[{i}] (assistant) is empty: there is no reply to learn", where=where)
+    name = template_name(tokenizer)
+    prompt = render(tokenizer, messages[:i], add_generation_prompt=True, where=where) if i else ""
+    anchor = _common_prefix(full, prompt)
+    upto = render(tokenizer, messages[: i + 1], add_generation_prompt=False, where=where)
+
+    variants = list(dict.fromkeys([content, content.strip()]))
+    # the reply is the last thing `upto` renders: its last occurrence (the one ending latest; exact on a tie)
+    found = [(upto.rfind(v) + len(v), len(v), v) for v in variants if upto.rfind(v) >= 0]
+    if not found:
+        raise ToolkitError(f"{name} does not write messages[{i}]'s content unchanged, so the toolkit cannot locate "
+                           "the reply to train on", where=where, hint=TEMPLATE_HINT)
+    reply_end, _, variant = max(found)
+    end_of_turn = upto[reply_end:].rstrip()
+    if not end_of_turn:
+        raise ToolkitError(f"{name} writes nothing after an assistant reply to end the turn, so the model would "
+                           "never learn to stop", where=where, hint=TEMPLATE_HINT)
+
+    for v in [variant] + [v for v in variants if v != variant]:
+        at = _find_reply(full, v, end_of_turn, anchor)
+        if at is not None:
+            break
+    else:
+        raise ToolkitError(f"{name} renders messages[{i}] differently in the whole conversation than on its own "
+                           f"(its content followed by {end_of_turn!r} is not there), so the toolkit cannot locate "
+                           "the reply to train on", where=where, hint=TEMPLATE_HINT)
+    start, end = at, at + len(v) + len(end_of_turn)
+    if reasoning:
+        r = full.find(reasoning, anchor, at)
+        if r >= 0:
+            start = r  # the template renders the reasoning here: reasoning, </think> and content are learned
+    return start, end
+
+
+def _find_reply(full: str, text: str, end_of_turn: str, anchor: int) -> int | None:
+    """First position >= anchor where `text` stands followed by `end_of_turn`, with no end-of-turn in between."""
+    pos = anchor
+    while True:
+        at = full.find(text, pos)
+        if at < 0 or end_of_turn in full[anchor:at]:
+            return None
+        if full.startswith(end_of_turn, at + len(text)):
+            return at
+        pos = at + 1
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _encode_with_offsets(tokenizer, text: str, where: str | None) -> tuple[list[int], list[tuple[int, int]]]:
+    try:
+        out = tokenizer(text, add_special_tokens=_add_special_tokens(tokenizer, text), return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError) as exc:
+        raise ToolkitError(f"assistant-only loss needs a fast tokenizer with offsets: {first_line(exc)}", where=where,
+                           hint="load the model's tokenizer.json (a tokenizers-backed tokenizer)") from None
+    offsets = out.get("offset_mapping")
+    if offsets is None:
+        raise ToolkitError("assistant-only loss needs a fast tokenizer with offsets; this one gives none",
+                           where=where, hint="load the model's tokenizer.json (a tokenizers-backed tokenizer)")
+    return list(out["input_ids"]), [tuple(o) for o in offsets]
+
+
+def _covering_tokens(tokenizer, text: str, offsets: list[tuple[int, int]], start: int, end: int,
+                     where: str | None) -> list[int]:
+    """Indices of the tokens whose characters overlap [start, end); refuses a token that joins a region with
+    anything but whitespace outside it."""
+    tokens = [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+    if not tokens:
+        raise ToolkitError("no token covers an assistant reply (the tokenizer's offsets do not match its text)",
+                           where=where, hint="load the model's tokenizer.json (a tokenizers-backed tokenizer)")
+    first, last = offsets[tokens[0]][0], offsets[tokens[-1]][1]
+    if text[first:start].strip() or text[end:last].strip():
+        joined = text[min(first, start):max(last, end)]
+        raise ToolkitError(f"the tokenizer joins an assistant reply and the template text around it into one token "
+                           f"({joined[:60]!r}), so the reply cannot be masked exactly", where=where,
+                           hint=TEMPLATE_HINT)
+    return tokens
