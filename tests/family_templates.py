@@ -199,11 +199,18 @@ _SPECS = {
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+_WORDS = ("the quick brown fox jumps over lazy dog while cat sleeps user asked for item assistant answered with "
+          "care and did what was asked think first then answer question short reply hello there how are you today "
+          "be brief please give me a list of three colors red green blue yellow system message model turn each "
+          "line number story about river mountain forest city morning evening night friend teacher student book "
+          "write read learn train test small large happy quiet careful simple clear good better best").split()
+
 DEFAULT_TEXTS = [
-    f"Line {i}: the quick brown fox jumps over the lazy dog while the cat sleeps.\n\n"
-    f"User asked for item {i % 7}; the assistant answered with care and did what was asked.\n"
-    "Think first.\n\nThen answer the question in a short reply. Hello there, how are you today?\n\n"
-    for i in range(60)
+    f"Line {i}: " + " ".join(_WORDS[(i * 7 + k * 3) % len(_WORDS)] for k in range(24)) + ".\n\n"
+    + " ".join(_WORDS[(i * 5 + k) % len(_WORDS)] for k in range(16)).capitalize() + "?\n"
+    + f"Item {i % 10}, {i * 13 % 100}; answer: " + " ".join(_WORDS[(i + k * 11) % len(_WORDS)] for k in range(12))
+    + ("\n\n" if i % 2 else "\n")
+    for i in range(200)
 ]
 
 VOCAB_SIZE = 512

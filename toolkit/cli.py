@@ -34,13 +34,67 @@ def _options(debug: Annotated[bool, typer.Option("--debug", help="Show traceback
 
 
 @app.command()
-def validate(recipe: RecipeArg, set_: SetOpt = None):
+def validate(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    show_example: Annotated[bool, typer.Option(
+        "--show-example", help="Instead of the resolved recipe, print the first chat record of the first chat "
+                               "source as the model's chat template renders it, and the text that carries loss.")] = False,
+):
     """Check a recipe and print it resolved (after `extends` and `--set`)."""
     from toolkit.recipe import dump_recipe, load_recipe
 
     loaded = load_recipe(recipe, set_)
-    typer.echo(dump_recipe(loaded.recipe), nl=False)
+    if show_example:
+        _quiet_libraries()
+        try:
+            typer.echo(_example_preview(loaded.recipe))
+        except ToolkitError as err:
+            raise loaded.place(err) from None
+    else:
+        typer.echo(dump_recipe(loaded.recipe), nl=False)
     typer.echo(f"# {recipe}: valid", err=True)
+
+
+def _example_preview(recipe) -> str:
+    """`validate --show-example`: one training conversation as rendered, then each supervised span decoded."""
+    from toolkit.chat import render, supervised_example, supervised_spans, template_description
+    from toolkit.data.formatting import record_conversation
+    from toolkit.data.sources import read_records
+    from toolkit.model import TINY_HYBRID, load_tokenizer, resolve_model_path
+
+    picked = None
+    for i, src in enumerate(recipe.data.sources):
+        if src.format == "text":
+            continue
+        for where, record in read_records(src.model_copy(update={"max_examples": 1}), i):
+            messages = record_conversation(record, fmt=src.format, text_field=src.text_field,
+                                           strip_instructions=src.strip_instructions, where=where)
+            if messages is not None:
+                picked = src, where, messages
+        if picked:
+            break
+    if picked is None:
+        raise ToolkitError("no data source starts with a chat or prompt_response record, so there is no "
+                           "conversation to show", key="data.sources")
+    src, where, messages = picked
+    base_dir = recipe.output_dir / "base-model"
+    if recipe.model.name_or_path == TINY_HYBRID and not (base_dir / "config.json").is_file():
+        return (f"# tiny-hybrid's tokenizer is trained on the data when the first run starts; {base_dir} does not "
+                "exist yet, so there is no example to show")
+    path = resolve_model_path(recipe.model, base_dir, lambda: iter(()), recipe.run.seed)
+    tokenizer = load_tokenizer(path, recipe.model)
+    text = render(tokenizer, messages, add_generation_prompt=False, where=where)
+    input_ids, labels = supervised_example(tokenizer, messages, train_on=src.train_on, where=where)
+    lines = [f"# {where} (source '{src.name}', train_on: {src.train_on})",
+             f"# template: {template_description(tokenizer)}",
+             f"# rendered ({len(input_ids)} tokens):", text,
+             "# supervised spans (the text that carries loss), one per line:"]
+    lines += [repr(tokenizer.decode(span, skip_special_tokens=False)) for span in supervised_spans(input_ids, labels)]
+    if len(input_ids) > recipe.data.max_length:
+        lines.append(f"# note: data.max_length={recipe.data.max_length} keeps only the first "
+                     f"{recipe.data.max_length} of these {len(input_ids)} tokens")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from toolkit.chat import IGNORE, encode_prompt, supervised_example
 from toolkit.errors import ToolkitError
 
-__all__ = ["IGNORE", "Example", "detect_format", "example_from_record", "record_messages", "record_text"]
+__all__ = ["IGNORE", "Example", "detect_format", "example_from_record", "record_conversation", "record_messages",
+           "record_text"]
 
 
 @dataclass
@@ -82,6 +83,22 @@ def example_from_record(record: dict, tokenizer, *, fmt: str, text_field: str, s
                         train_on: str = "all") -> Example | None:
     """Tokenize one record. Returns None when truncation to `max_length` leaves no token to learn
     (the caller counts these as skipped); raises ToolkitError(where=where) for a malformed record."""
+    messages = record_conversation(record, fmt=fmt, text_field=text_field, strip_instructions=strip_instructions,
+                                   where=where)
+    if messages is None:
+        input_ids, labels = _text_ids(record, tokenizer, text_field, where)
+    else:
+        input_ids, labels = supervised_example(tokenizer, messages, train_on=train_on, where=where)
+    input_ids, labels = input_ids[:max_length], labels[:max_length]  # keep the start
+    # labels[0] is never a target (the model predicts token t from tokens < t), so look from 1 on
+    if all(label == IGNORE for label in labels[1:]):
+        return None
+    return Example(input_ids=input_ids, labels=labels, source=source, tier=tier)
+
+
+def record_conversation(record: dict, *, fmt: str, text_field: str, strip_instructions: bool,
+                        where: str) -> list[dict] | None:
+    """The messages a chat or prompt_response record trains on (None for a text record), validated."""
     if not isinstance(record, dict):
         raise ToolkitError(f"a record must be a JSON object, got {type(record).__name__}", where=where)
     detected = detect_format(record, text_field) if fmt == "auto" else fmt
@@ -91,18 +108,12 @@ def example_from_record(record: dict, tokenizer, *, fmt: str, text_field: str, s
     if detected == "chat" and "messages" not in record:
         raise ToolkitError("format is chat but the record has no 'messages'", where=where)
     if detected == "text":
-        input_ids, labels = _text_ids(record, tokenizer, text_field, where)
-    else:
-        messages = record_messages(record, detected, where)
-        if strip_instructions:
-            # context distillation: the instructions shaped the response but are not in what we train on
-            messages = [m for m in messages if m["role"] != "system"]
-        input_ids, labels = supervised_example(tokenizer, messages, train_on=train_on, where=where)
-    input_ids, labels = input_ids[:max_length], labels[:max_length]  # keep the start
-    # labels[0] is never a target (the model predicts token t from tokens < t), so look from 1 on
-    if all(label == IGNORE for label in labels[1:]):
         return None
-    return Example(input_ids=input_ids, labels=labels, source=source, tier=tier)
+    messages = record_messages(record, detected, where)
+    if strip_instructions:
+        # context distillation: the instructions shaped the response but are not in what we train on
+        messages = [m for m in messages if m["role"] != "system"]
+    return messages
 
 
 def _text_ids(record: dict, tokenizer, text_field: str, where: str) -> tuple[list[int], list[int]]:
