@@ -274,3 +274,23 @@ def test_export_merged_loads_as_a_plain_model(tiny_model_and_tokenizer, tiny_mod
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(logits(merged, tokens), trained, atol=1e-4, rtol=0)
     assert len(AutoTokenizer.from_pretrained(tmp_path / "merged")) == len(tokenizer)
+
+
+def test_gates_train_in_fp32_on_a_bf16_base(tiny_model_dir, tmp_path, tokens):
+    """An AdamW step of 2e-4 is below bf16's resolution at A_log ~ 1: kept in bf16 the gates never move."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    bf16 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    before = {n: p.detach().float().clone() for n, p in gate_parameters(bf16).items()}
+    model = attach_lora(bf16, LoraConfig(r=4, targets="attention", train_gates=True))
+    gates = gate_parameters(model)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in gates.values())
+    assert next(p for n, p in model.named_parameters() if n.endswith("q_proj.base_layer.weight")).dtype == torch.bfloat16
+    train_steps(model, tokens, steps=3, lr=2e-4)
+    moved = [n for n, p in gates.items() if not torch.equal(p.detach(), before[n.removeprefix("base_model.model.")])]
+    assert len(moved) == len(gates)
+    save_adapter(model, tmp_path / "adapter")
+    stored = {k: v for k, v in load_file(tmp_path / "adapter" / "adapter_model.safetensors").items()
+              if k.endswith(("A_log", "dt_bias"))}
+    assert len(stored) == len(gates) and all(v.dtype == torch.float32 for v in stored.values())
