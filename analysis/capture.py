@@ -1,18 +1,30 @@
 """Capture what every head does on a probe set, through the transformer-lens bridge.
 
-    model_dir = load_for_capture("runs/my-lora")          # model dir, hub id, adapter dir or run dir
-    caps = capture(model_dir, ["Hello there", ...], tokenizer)
+    model, tokenizer = load_capture_model("runs/my-lora")  # model dir, hub id, adapter dir or run dir
+    caps = capture(model, ["Hello there", ...], tokenizer)  # or capture("path/to/model", ...)
+
+Any Hugging Face causal LM: the model is loaded with `toolkit.model.load_model` (for a multimodal checkpoint
+such as Qwen3.5's `*ForConditionalGeneration` that is the text model alone, vision tower never loaded), an
+adapter is loaded onto it and merged in memory (no copy on disk), and the loaded model is handed to
+`TransformerBridge.boot_transformers(hf_model=...)`, so transformer-lens picks the text adapter of that class.
 
 Per prompt (one at a time, no padding, fp32, eval, `run_with_cache(ids, use_cache=False)`):
 
 - full-attention head `L{layer}.H{head}`: the softmax pattern, T x T (`blocks.L.attn.hook_pattern`);
-- GDN value head `L{layer}.H{head}`: beta (T, `hook_beta`), log decay g (T, `hook_log_decay`: g =
-  -exp(A_log) * softplus(a + dt_bias) <= 0, the per-step multiplicative decay is exp(g)), and the implicit
-  attention matrix A (T x T). The gated delta rule is linear in V, so running the layer's own
-  `torch_chunk_gated_delta_rule` on the layer's q, k, g, beta (the bridge's `hook_q`/`hook_k` are post
-  conv + SiLU; the kernel applies the l2norm with `use_qk_l2norm_in_kernel=True`, as transformers does) with
-  V = identity gives A exactly, removal term included: core output = A @ V. tests/test_head_diff.py checks
-  A @ V against the unmodified transformers layer.
+- GDN value head `L{layer}.H{head}` (hybrid models only: Qwen3.5, Qwen3.5-MoE, Qwen3-Next): beta (T,
+  `hook_beta`), log decay g (T, `hook_log_decay`: g = -exp(A_log) * softplus(a + dt_bias) <= 0, the per-step
+  multiplicative decay is exp(g)), and the implicit attention matrix A (T x T). The gated delta rule is
+  linear in V, so running the layer's own `torch_chunk_gated_delta_rule` on the layer's q, k, g, beta (the
+  bridge's `hook_q`/`hook_k` are post conv + SiLU; the kernel applies the l2norm with
+  `use_qk_l2norm_in_kernel=True`, as transformers does) with V = identity gives A exactly, removal term
+  included: core output = A @ V. tests/test_head_diff.py checks A @ V against the unmodified transformers layer.
+
+Weights each head owns (`head_weights`, for the weight-change score): a full-attention head's query rows
+(Qwen3.5/Qwen3-Next interleave [query | gate] rows per head), the k/v rows of its kv group and its o_proj
+columns; GPT-2's Conv1D keeps weights as [in, out], so there they are the head's q/k/v column blocks of
+c_attn and its rows of c_proj. A GDN value head owns its v/z/a/b rows, its out_proj columns, A_log, dt_bias,
+and the q/k rows (and conv channels) of its key-head group; Qwen3-Next fuses the projections per key-head
+group (`in_proj_qkvz` rows [q | k | v_1..v_r | z_1..z_r] per group, `in_proj_ba` [b_1..b_r | a_1..a_r]).
 
 Memory: each GDN and attention head keeps a T x T float32 matrix per prompt; prompts are cut to
 `max_tokens` (default 256) tokens.
@@ -20,6 +32,7 @@ Memory: each GDN and attention head keeps a T x T float32 matrix per prompt; pro
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import tempfile
@@ -67,20 +80,6 @@ def _adapter_base(adapter_dir: Path, run_dir: Path | None) -> str:
     return base
 
 
-def _merge_adapter(adapter_dir: Path, base: str, dtype=torch.float32) -> str:
-    """Merge a PEFT adapter into a copy of `base` (merge_and_unload); save model + tokenizer to a temp dir."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    out = Path(tempfile.mkdtemp(prefix=MERGED_PREFIX))
-    merged.save_pretrained(out, safe_serialization=True)
-    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
-    AutoTokenizer.from_pretrained(str(tok_src)).save_pretrained(out)
-    return str(out)
-
-
 def resolve_weights(path_or_run: str | Path, base: str | None = None) -> tuple[str, Path | None]:
     """(model dir or hub id, adapter dir or None) behind a model dir, hub id, full-model run dir (RUN/model),
     PEFT adapter dir or LoRA run dir (RUN/adapter). An adapter's base: `base`, else the run's recipe model
@@ -101,11 +100,37 @@ def resolve_weights(path_or_run: str | Path, base: str | None = None) -> tuple[s
                        "or model/)", where=str(path))
 
 
-def load_for_capture(path_or_run: str | Path, base: str | None = None) -> str:
-    """A local model dir (or hub id) the bridge can boot: an adapter is merged into a copy of its base
-    in a temp dir, named with MERGED_PREFIX, which the caller removes."""
+def load_capture_model(path_or_run: str | Path, base: str | None = None, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a model dir, hub id, adapter dir or run dir, in eval mode on `device`: the causal LM
+    through `toolkit.model.load_model` (text model alone for a multimodal checkpoint), an adapter loaded onto
+    it with `toolkit.lora.load_adapter` and merged in memory. The tokenizer is the adapter's when it has one."""
+    from toolkit.lora import load_adapter
+    from toolkit.model import load_model, load_tokenizer
+    from toolkit.recipe import ModelConfig
+
     model_dir, adapter = resolve_weights(path_or_run, base)
-    return _merge_adapter(adapter, model_dir) if adapter is not None else model_dir
+    cfg = ModelConfig(name_or_path=model_dir)
+    model = load_model(model_dir, cfg, dtype=dtype)
+    if adapter is not None:
+        model = load_adapter(model, adapter).merge_and_unload()
+    tok_src = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_dir
+    tokenizer = load_tokenizer(tok_src, cfg)
+    return model.to(device).eval(), tokenizer
+
+
+def load_for_capture(path_or_run: str | Path, base: str | None = None) -> str:
+    """A model directory for tools that need one on disk: a model dir or hub id as is; an adapter merged into
+    its base and saved (model + tokenizer) to a new temp dir named with MERGED_PREFIX, which the caller
+    removes. The analysis commands do not use it: they load base + adapter in memory (`load_capture_model`)."""
+    model_dir, adapter = resolve_weights(path_or_run, base)
+    if adapter is None:
+        return model_dir
+    model, tokenizer = load_capture_model(path_or_run, base)
+    out = Path(tempfile.mkdtemp(prefix=MERGED_PREFIX))
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return str(out)
 
 
 # ---------------------------------------------------------------- prompts
@@ -168,12 +193,23 @@ def _unwrap(module):
 
 
 def _layers(hf_model):
-    inner = getattr(hf_model, "model", hf_model)
-    inner = getattr(inner, "language_model", inner)
-    return inner.layers
+    """The text model's decoder blocks (model.layers, model.language_model.layers, transformer.h, ...)."""
+    from toolkit.layout import decoder_layers
+
+    return decoder_layers(hf_model)
+
+
+def _attention_module(layer):
+    """A decoder block's full-attention module: `self_attn` (Llama, Qwen) or `attn` (GPT-2)."""
+    for name in ("self_attn", "attn", "attention"):
+        module = getattr(layer, name, None)
+        if module is not None:
+            return _unwrap(module)
+    raise ValueError(f"{type(layer).__name__}: no self_attn / attn module")
 
 
 def list_heads(config) -> list[HeadInfo]:
+    """Every head of the text model: GDN value heads of linear-attention layers, attention heads otherwise."""
     cfg = _text_config(config)
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
     heads = []
@@ -185,49 +221,100 @@ def list_heads(config) -> list[HeadInfo]:
     return heads
 
 
+def _has_gdn(heads: list[HeadInfo]) -> bool:
+    return any(h.kind == "gdn" for h in heads)
+
+
+def _conv1d_attention_slices(attn, head: int) -> dict[str, torch.Tensor]:
+    """GPT-2 (transformers Conv1D, weight [in, out]): c_attn's columns are [q | k | v], each n_heads x d wide;
+    the head owns columns head*d .. (head+1)*d of each block and rows head*d .. (head+1)*d of c_proj."""
+    d, width = attn.head_dim, attn.split_size
+    cols = [slice(i * width + head * d, i * width + (head + 1) * d) for i in range(3)]
+    w = attn.c_attn.weight
+    out = {"q_proj": w[:, cols[0]], "k_proj": w[:, cols[1]], "v_proj": w[:, cols[2]],
+           "o_proj": attn.c_proj.weight[head * d:(head + 1) * d]}
+    bias = getattr(attn.c_attn, "bias", None)
+    if bias is not None:
+        out.update({"q_bias": bias[cols[0]], "k_bias": bias[cols[1]], "v_bias": bias[cols[2]]})
+    return out
+
+
 def attention_head_slices(attn, head: int) -> dict[str, torch.Tensor] | None:
     """The weights one full-attention head owns: q_proj rows (Qwen3.5 interleaves [query | gate] per head:
-    rows head*2d .. (head+1)*2d, not the first/second half), k/v rows of its kv group, o_proj columns."""
-    n_heads = attn.config.num_attention_heads
-    n_kv = attn.config.num_key_value_heads
+    rows head*2d .. (head+1)*2d, not the first/second half), k/v rows of its kv group, o_proj columns
+    (and the q/k/v bias entries where the projections have biases). GPT-2's Conv1D: see
+    `_conv1d_attention_slices`. None for a layout this does not know."""
+    if hasattr(attn, "c_attn") and hasattr(attn, "c_proj"):
+        return _conv1d_attention_slices(attn, head)
+    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        return None
+    config = getattr(attn, "config", None)
+    n_heads = getattr(config, "num_attention_heads", None) or getattr(attn, "num_heads", None)
+    n_kv = getattr(config, "num_key_value_heads", None) or getattr(attn, "num_key_value_heads", None) or n_heads
     d = attn.head_dim
     q = attn.q_proj.weight
     if q.shape[0] == n_heads * d * 2:  # Qwen3.5 / Qwen3-Next: per head [query rows, gate rows]
-        q_rows = q[head * 2 * d:(head + 1) * 2 * d]
+        q_rows = slice(head * 2 * d, (head + 1) * 2 * d)
     elif q.shape[0] == n_heads * d:
-        q_rows = q[head * d:(head + 1) * d]
+        q_rows = slice(head * d, (head + 1) * d)
     else:
         return None
     g = head // (n_heads // n_kv)
-    return {
-        "q_proj": q_rows,
-        "k_proj": attn.k_proj.weight[g * d:(g + 1) * d],
-        "v_proj": attn.v_proj.weight[g * d:(g + 1) * d],
+    kv_rows = slice(g * d, (g + 1) * d)
+    out = {
+        "q_proj": q[q_rows],
+        "k_proj": attn.k_proj.weight[kv_rows],
+        "v_proj": attn.v_proj.weight[kv_rows],
         "o_proj": attn.o_proj.weight[:, head * d:(head + 1) * d],
     }
+    for key, proj, rows in (("q_bias", attn.q_proj, q_rows), ("k_bias", attn.k_proj, kv_rows),
+                            ("v_bias", attn.v_proj, kv_rows)):
+        if getattr(proj, "bias", None) is not None:
+            out[key] = proj.bias[rows]
+    return out
 
 
 def gdn_head_slices(gdn, head: int) -> dict[str, torch.Tensor] | None:
-    """The weights one GDN value head owns (Qwen3.5 split layout; None for Qwen3-Next's fused in_proj_qkvz)."""
-    if not hasattr(gdn, "in_proj_qkv"):
-        slices = {}
-    else:
-        dk, dv = gdn.head_k_dim, gdn.head_v_dim
-        kh = head // (gdn.num_v_heads // gdn.num_k_heads)
-        key_dim = gdn.key_dim
-        rows_q = slice(kh * dk, (kh + 1) * dk)
-        rows_k = slice(key_dim + kh * dk, key_dim + (kh + 1) * dk)
-        rows_v = slice(2 * key_dim + head * dv, 2 * key_dim + (head + 1) * dv)
+    """The weights one GDN value head owns (views into the layer's parameters).
+
+    Value head h reads key head kh = h // r (r = n_v / n_k, `repeat_interleave` as in transformers), as slot
+    j = h % r of that key-head group. Conv channels (both layouts) are [q (n_k dk) | k (n_k dk) | v (n_v dv)].
+    Qwen3.5 keeps separate in_proj_qkv (same row layout as the conv), in_proj_z, in_proj_a, in_proj_b.
+    Qwen3-Next fuses them per key-head group (transformers' `fix_query_key_value_ordering`): in_proj_qkvz rows
+    are n_k groups of [q (dk) | k (dk) | v (r dv) | z (r dv)], in_proj_ba rows n_k groups of [b (r) | a (r)].
+    """
+    dk, dv = gdn.head_k_dim, gdn.head_v_dim
+    r = gdn.num_v_heads // gdn.num_k_heads
+    kh, j = head // r, head % r
+    key_dim = gdn.key_dim
+    rows_q = slice(kh * dk, (kh + 1) * dk)
+    rows_k = slice(key_dim + kh * dk, key_dim + (kh + 1) * dk)
+    rows_v = slice(2 * key_dim + head * dv, 2 * key_dim + (head + 1) * dv)
+    conv = gdn.conv1d.weight
+    slices = {"conv_q": conv[rows_q], "conv_k": conv[rows_k], "conv_v": conv[rows_v]}
+    if hasattr(gdn, "in_proj_qkv"):
         w = gdn.in_proj_qkv.weight
-        conv = gdn.conv1d.weight
-        slices = {
+        slices.update({
             "in_proj_q": w[rows_q], "in_proj_k": w[rows_k], "in_proj_v": w[rows_v],
-            "conv_q": conv[rows_q], "conv_k": conv[rows_k], "conv_v": conv[rows_v],
             "in_proj_z": gdn.in_proj_z.weight[head * dv:(head + 1) * dv],
             "in_proj_a": gdn.in_proj_a.weight[head:head + 1],
             "in_proj_b": gdn.in_proj_b.weight[head:head + 1],
-            "out_proj": gdn.out_proj.weight[:, head * dv:(head + 1) * dv],
-        }
+        })
+    elif hasattr(gdn, "in_proj_qkvz"):
+        w = gdn.in_proj_qkvz.weight
+        group = kh * (2 * dk + 2 * r * dv)
+        v0 = group + 2 * dk + j * dv
+        z0 = group + 2 * dk + r * dv + j * dv
+        ba = gdn.in_proj_ba.weight
+        slices.update({
+            "in_proj_q": w[group:group + dk], "in_proj_k": w[group + dk:group + 2 * dk],
+            "in_proj_v": w[v0:v0 + dv], "in_proj_z": w[z0:z0 + dv],
+            "in_proj_b": ba[kh * 2 * r + j:kh * 2 * r + j + 1],
+            "in_proj_a": ba[kh * 2 * r + r + j:kh * 2 * r + r + j + 1],
+        })
+    else:
+        return None
+    slices["out_proj"] = gdn.out_proj.weight[:, head * dv:(head + 1) * dv]
     slices["A_log"] = gdn.A_log[head:head + 1]
     slices["dt_bias"] = gdn.dt_bias[head:head + 1]
     return slices
@@ -239,7 +326,7 @@ def head_weights(hf_model, heads: list[HeadInfo]) -> dict[str, dict[str, torch.T
     for h in heads:
         layer = layers[h.layer]
         if h.kind == "attention":
-            sl = attention_head_slices(_unwrap(layer.self_attn), h.head)
+            sl = attention_head_slices(_attention_module(layer), h.head)
         else:
             sl = gdn_head_slices(_unwrap(layer.linear_attn), h.head)
         if sl is not None:
@@ -251,9 +338,17 @@ def head_weights(hf_model, heads: list[HeadInfo]) -> dict[str, dict[str, torch.T
 
 
 def _delta_rule_fn(hf_model):
-    """The chunked gated-delta-rule function the model's own modeling file uses (with its kernel fallback)."""
-    module = sys.modules[type(hf_model).__module__]
-    return getattr(module, "torch_chunk_gated_delta_rule")
+    """The chunked gated-delta-rule function the model's own modeling file uses (with its kernel fallback),
+    found through its first GDN layer; None for a model without GDN layers."""
+    for layer in _layers(hf_model):
+        gdn = getattr(layer, "linear_attn", None)
+        if gdn is not None:
+            fn = getattr(sys.modules[type(_unwrap(gdn)).__module__], "torch_chunk_gated_delta_rule", None)
+            if fn is None:
+                raise ValueError(f"{type(_unwrap(gdn)).__name__}: its modeling file has no "
+                                 "torch_chunk_gated_delta_rule")
+            return fn
+    return None
 
 
 def implicit_attention(q, k, g, beta, delta_rule) -> torch.Tensor:
@@ -276,10 +371,19 @@ def implicit_attention(q, k, g, beta, delta_rule) -> torch.Tensor:
 # ---------------------------------------------------------------- capture
 
 
-def boot_bridge(model_dir: str, device: str = "cpu"):
+def boot_bridge(model, device: str = "cpu", tokenizer=None, base: str | None = None):
+    """The transformer-lens bridge around `model`: a loaded HF causal LM, or anything `load_capture_model` takes
+    (a model dir, hub id, adapter dir or run dir). The loaded model is handed over as `hf_model`, so
+    transformer-lens never loads a checkpoint itself (it would pick the multimodal adapter of a multimodal
+    checkpoint and need torchvision); the bridge swaps its components into that model in place."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(str(model_dir), device=device, dtype=torch.float32)
+    if isinstance(model, (str, Path)):
+        model, loaded_tokenizer = load_capture_model(model, base, device=device)
+        tokenizer = tokenizer or loaded_tokenizer
+    name = str(getattr(model, "name_or_path", "") or "model")
+    kwargs = {"tokenizer": copy.deepcopy(tokenizer)} if tokenizer is not None else {}  # the bridge edits it
+    bridge = TransformerBridge.boot_transformers(name, hf_model=model, device=device, dtype=torch.float32, **kwargs)
     bridge.eval()
     return bridge
 
@@ -346,26 +450,30 @@ def capture_bridge(bridge, prompts, tokenizer, max_tokens: int = DEFAULT_MAX_TOK
     return out
 
 
-def capture_model(model_dir: str, prompts, tokenizer=None, max_tokens: int = DEFAULT_MAX_TOKENS,
-                  device: str | None = None) -> ModelCapture:
-    """Boot the bridge on `model_dir`, capture every prompt, keep each head's weight slices; free the model."""
+def capture_model(model, prompts, tokenizer=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                  device: str | None = None, base: str | None = None) -> ModelCapture:
+    """Capture every prompt and keep each head's weight slices. `model`: a loaded HF causal LM, or a model dir,
+    hub id, adapter dir or run dir (loaded with `load_capture_model`, adapter merged in memory, `base` the
+    adapter's base); a model loaded here is freed afterwards. The tokenizer defaults to the model's own."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bridge = boot_bridge(model_dir, device=device)
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    heads = list_heads(bridge.original_model.config)
+    if isinstance(model, (str, Path)):
+        model, loaded_tokenizer = load_capture_model(model, base, device=device)
+        tokenizer = tokenizer or loaded_tokenizer
+    elif tokenizer is None:
+        raise ValueError("capture_model needs a tokenizer with a loaded model")
+    heads = list_heads(model.config)
+    weights = head_weights(model, heads)
+    bridge = boot_bridge(model, device=device, tokenizer=tokenizer)
     result = ModelCapture(heads=heads, prompts=capture_bridge(bridge, prompts, tokenizer, max_tokens),
-                          weights=head_weights(bridge.original_model, heads))
-    del bridge
+                          weights=weights)
+    del bridge, model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return result
 
 
-def capture(model_dir: str, prompts, tokenizer=None, max_tokens: int = DEFAULT_MAX_TOKENS,
+def capture(model, prompts, tokenizer=None, max_tokens: int = DEFAULT_MAX_TOKENS,
             device: str | None = None) -> list[dict]:
     """Per-prompt dicts: {"tokens", "attention": {head: T x T pattern},
     "gdn": {head: {"beta": T, "log_decay": T, "implicit": T x T}}}."""
-    return capture_model(model_dir, prompts, tokenizer, max_tokens, device).prompts
+    return capture_model(model, prompts, tokenizer, max_tokens, device).prompts

@@ -2,8 +2,11 @@
 
     run_head_diff(base, tuned, prompts_jsonl, out_dir) -> dict   # writes head_diff.json, .md, .png
 
-`base` and `tuned` are anything `analysis.capture.load_for_capture` takes: a model dir, a hub id, a PEFT
-adapter dir, a LoRA run dir (adapter merged into its base) or a full-model run dir.
+`base` and `tuned` are anything `analysis.capture.load_capture_model` takes: a model dir, a hub id, a PEFT
+adapter dir, a LoRA run dir (adapter loaded onto its base and merged in memory, nothing written to disk) or a
+full-model run dir, of any Hugging Face causal LM. Attention-only models (Llama, GPT-2) have attention heads
+only; hybrids (Qwen3.5, Qwen3.5-MoE, Qwen3-Next) have GDN heads too. A multimodal checkpoint is analysed as
+its text model (an adapter trained on the text model fits it).
 
 Per full-attention head (`kind: attention`): mean Jensen-Shannon divergence (bits, in [0, 1]) between the
 before and after attention distributions of each query row (rows 1..T-1: row 0 attends only to itself),
@@ -38,15 +41,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from analysis.capture import (DEFAULT_MAX_TOKENS, MERGED_PREFIX, ModelCapture, capture_model, load_for_capture,
-                              prompt_text, read_prompts)
+from analysis.capture import (DEFAULT_MAX_TOKENS, ModelCapture, capture_model, load_capture_model, prompt_text,
+                              read_prompts)
 
 EPS = 1e-12
 Z_ABOVE = 3.0
@@ -362,24 +364,19 @@ def run_head_diff(base: str | Path, tuned: str | Path, prompts_jsonl: str | Path
     bar chart, when matplotlib is installed). `base_model` is the base for an adapter given as `tuned` when
     it cannot be read from the run dir / adapter config. Both models are tokenized with the base's tokenizer.
     """
-    from transformers import AutoTokenizer
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base_dir = load_for_capture(base)
-    tuned_dir = load_for_capture(tuned, base=base_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     rows = read_prompts(prompts_jsonl)
     if not rows:
         raise ValueError(f"{prompts_jsonl}: no probes")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_capture_model(base, device=device)  # one model in memory at a time
     texts = [prompt_text(r, tokenizer) for r in rows]
-    try:
-        base_cap = capture_model(base_dir, texts, tokenizer, max_tokens, device)
-        tuned_cap = capture_model(tuned_dir, texts, tokenizer, max_tokens, device)
-    finally:  # merged adapters live in temp dirs
-        for made, given in ((base_dir, base), (tuned_dir, tuned)):
-            if made != str(given) and Path(made).name.startswith(MERGED_PREFIX):
-                shutil.rmtree(made, ignore_errors=True)
+    base_cap = capture_model(model, texts, tokenizer, max_tokens, device)
+    del model
+    tuned_model, _ = load_capture_model(tuned, base=base_model, device=device)
+    tuned_cap = capture_model(tuned_model, texts, tokenizer, max_tokens, device)
+    del tuned_model
+    out_dir.mkdir(parents=True, exist_ok=True)
     result = {"base": str(base), "tuned": str(tuned), "prompts": str(prompts_jsonl), "max_tokens": max_tokens,
               **diff_captures(base_cap, tuned_cap)}
     result = _jsonable(result)

@@ -18,6 +18,13 @@ truncated deltas are applied as float32 low-rank forward hooks on the base Linea
 rank-k LoRA), so a bf16 base on a GPU does not round them away. Trained GDN gates (A_log, dt_bias) saved
 with the adapter are loaded for the full and every truncated model (they have no rank to truncate).
 DoRA adapters are refused: their delta is not B·A.
+
+Any family: Conv1D LoRA (GPT-2's c_attn, saved with fan_in_fan_out) has ΔW = (B @ A)ᵀ in the weight's own
+[in, out] layout; LoRA on a parameter (peft target_parameters, e.g. an MoE router's weight) adds B @ A to the
+weight. An adapter saved for a multimodal base holds each tensor under two names (see
+toolkit.lora.read_adapter_weights); it is read once. Module names are matched to the loaded base model by
+their path from the decoder block list on (layers.N...), so an adapter named for the multimodal class
+(model.language_model.layers...) applies to the text model (model.layers...) too.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ MIN_LOSS_GAP = 1e-4  # below this the adapter does not move the loss enough to m
 _PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight")
 _MODULE_TYPES = (
-    ("attention", re.compile(r"(^|\.)self_attn\.(q_proj|k_proj|v_proj|o_proj)$")),
+    ("attention", re.compile(r"(^|\.)(self_attn\.(q_proj|k_proj|v_proj|o_proj)|attn\.(c_attn|c_proj))$")),
     ("gdn", re.compile(r"(^|\.)linear_attn\.\w+$")),
     ("mlp", re.compile(r"(^|\.)mlp\.(.*\.)?\w+$")),
 )
@@ -79,22 +86,31 @@ def _adapter_config(adapter: Path) -> dict:
     return config
 
 
+def adapter_tensors(adapter: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the adapter's weights file, each once (an adapter saved for a multimodal base also
+    holds every tensor under the checkpoint class's names): the one place that reads the file."""
+    try:
+        from toolkit.lora import read_adapter_weights
+    except ImportError:  # an older toolkit.lora: adapters without alias names
+        from safetensors.torch import load_file
+
+        return load_file(str(Path(adapter) / ADAPTER_WEIGHTS))
+    return read_adapter_weights(Path(adapter))
+
+
 def lora_factors(run_or_adapter: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Module name (as in the base model) -> (scale·B [out, r], A [r, in]), float64 on CPU: the layer's output
     changes by x @ (B @ A)ᵀ. (Conv1D layers, fan_in_fan_out, store their weight as the transpose.)"""
-    from safetensors import safe_open
-
     adapter = find_adapter(run_or_adapter)
     config = _adapter_config(adapter)
     alpha = float(config.get("lora_alpha", config.get("r", 8)))
     pieces: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(adapter / ADAPTER_WEIGHTS, framework="pt") as f:
-        for key in f.keys():
-            match = _LORA_KEY.fullmatch(key)
-            if match is None:  # GDN gates, DoRA magnitudes, modules_to_save, embedding LoRA
-                continue
-            module = match["module"].removeprefix(_PREFIX)
-            pieces.setdefault(module, {})[match["which"]] = f.get_tensor(key).to(torch.float64)
+    for key, tensor in adapter_tensors(adapter).items():
+        match = _LORA_KEY.fullmatch(key)
+        if match is None:  # GDN gates, DoRA magnitudes, modules_to_save, embedding LoRA
+            continue
+        module = match["module"].removeprefix(_PREFIX)
+        pieces.setdefault(module, {})[match["which"]] = tensor.to(torch.float64)
     factors = {}
     for module, ab in pieces.items():
         if set(ab) != {"A", "B"}:
@@ -117,11 +133,32 @@ def lora_deltas(run_or_adapter: str | Path) -> dict[str, torch.Tensor]:
 
 def _gates(adapter: Path) -> dict[str, torch.Tensor]:
     """Trained GDN gate tensors saved with the adapter, by their base-model parameter names."""
-    from safetensors import safe_open
+    return {k.removeprefix(_PREFIX): v for k, v in adapter_tensors(adapter).items()
+            if _LORA_KEY.fullmatch(k) is None and k.rsplit(".", 1)[-1] in ("A_log", "dt_bias")}
 
-    with safe_open(adapter / ADAPTER_WEIGHTS, framework="pt") as f:
-        return {k.removeprefix(_PREFIX): f.get_tensor(k) for k in f.keys()
-                if _LORA_KEY.fullmatch(k) is None and k.rsplit(".", 1)[-1] in ("A_log", "dt_bias")}
+
+_FROM_BLOCKS = re.compile(r"(?:^|\.)((?:layers|h)\.\d+\..+)$")
+
+
+def _match_names(names, available: dict) -> dict[str, str]:
+    """{adapter name: name in the model}: the same name, else the one model name with the same path from the
+    decoder block list on (model.language_model.layers.3.x and model.layers.3.x are one module). Unmatched
+    names are left out."""
+    by_tail: dict[str, list[str]] = {}
+    for name in available:
+        match = _FROM_BLOCKS.search(name)
+        if match:
+            by_tail.setdefault(match.group(1), []).append(name)
+    out = {}
+    for name in names:
+        if name in available:
+            out[name] = name
+            continue
+        match = _FROM_BLOCKS.search(name)
+        candidates = by_tail.get(match.group(1), []) if match else []
+        if len(candidates) == 1:
+            out[name] = candidates[0]
+    return out
 
 
 def _natural_key(name: str):
@@ -389,27 +426,37 @@ def _loss(model, examples, batch_size: int, pad_id: int) -> float:
 
 @contextmanager
 def _applied(model, factors: dict | None, gates: dict):
-    """The model with ΔW = B @ A added to each module's output (float32 low-rank hooks) and the gates set."""
+    """The model with ΔW = B @ A added to each module's output (float32 low-rank hooks; a LoRA on a module's
+    weight parameter, which is not a Linear/Conv1D, is added to the weight itself) and the gates set."""
     if factors is None:
         yield model
         return
+    from transformers.pytorch_utils import Conv1D
+
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
-    missing = [n for n in factors if n not in modules] + [n for n in gates if n not in params]
+    module_names, param_names = _match_names(factors, modules), _match_names(gates, params)
+    missing = [n for n in factors if n not in module_names] + [n for n in gates if n not in param_names]
     if missing:
         raise ToolkitError(f"the adapter names {len(missing)} modules the base model lacks (e.g. {missing[0]})",
                            hint="is this the adapter's base model?")
     handles, saved = [], {}
     try:
-        for name, (b, a) in factors.items():
-            module = modules[name]
-            device = module.weight.device
-            handles.append(module.register_forward_hook(
-                _delta_hook(b.to(device, torch.float32), a.to(device, torch.float32))))
         with torch.no_grad():
+            for name, (b, a) in factors.items():
+                module = modules[module_names[name]]
+                device = module.weight.device
+                if isinstance(module, (torch.nn.Linear, Conv1D)):
+                    handles.append(module.register_forward_hook(
+                        _delta_hook(b.to(device, torch.float32), a.to(device, torch.float32))))
+                else:  # peft target_parameters: the weight itself moves by B @ A
+                    key = module_names[name] + ".weight"
+                    saved.setdefault(key, module.weight.detach().clone())
+                    module.weight.add_((b @ a).to(device, module.weight.dtype))
             for name, value in gates.items():
-                saved[name] = params[name].detach().clone()
-                params[name].copy_(value)
+                param = params[param_names[name]]
+                saved.setdefault(param_names[name], param.detach().clone())
+                param.copy_(value)
         yield model
     finally:
         for handle in handles:

@@ -52,22 +52,13 @@ META_FILE = "meta.json"
 
 
 def load_steer_model(path_or_run: str | Path, base: str | None = None, device: str | None = None):
-    """(model, tokenizer, model dir) for a model dir, run dir or adapter dir; an adapter is loaded on its
-    base and merged in memory (no copy on disk)."""
-    from analysis.capture import resolve_weights
-    from toolkit.lora import load_adapter
-    from toolkit.model import load_model, load_tokenizer
-    from toolkit.recipe import ModelConfig
+    """(model, tokenizer, model dir) for a model dir, run dir or adapter dir of any causal LM; an adapter is
+    loaded on its base and merged in memory (no copy on disk). A multimodal checkpoint gives its text model."""
+    from analysis.capture import load_capture_model, resolve_weights
 
-    model_dir, adapter = resolve_weights(path_or_run, base=base)
-    cfg = ModelConfig(name_or_path=model_dir)
-    model = load_model(model_dir, cfg)
-    tokenizer = load_tokenizer(str(adapter) if adapter and (adapter / "tokenizer_config.json").is_file()
-                               else model_dir, cfg)
-    if adapter is not None:
-        model = load_adapter(model, adapter).merge_and_unload()
+    model_dir, _ = resolve_weights(path_or_run, base=base)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    model, tokenizer = load_capture_model(path_or_run, base=base, device=device)
     return model, tokenizer, model_dir
 
 
@@ -101,13 +92,14 @@ def read_pairs(path: str | Path) -> list[dict]:
 
 
 def decoder_layers(model):
-    """The decoder blocks (a ModuleList) of a HF causal LM."""
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
-    for candidate in (inner, getattr(inner, "language_model", None), getattr(model, "model", None)):
-        layers = getattr(candidate, "layers", None)
-        if isinstance(layers, torch.nn.ModuleList):
-            return layers
-    raise ValueError(f"{type(model).__name__}: cannot find the decoder layers")
+    """The decoder blocks (a ModuleList) of a causal LM, found generically (`toolkit.layout`): model.layers,
+    model.language_model.layers, GPT-2's transformer.h, through a PeftModel wrapper too."""
+    from toolkit.layout import decoder_layers as find
+
+    try:
+        return find(model)
+    except ValueError as exc:
+        raise ToolkitError(str(exc), hint="steering hooks need the model's list of decoder blocks") from None
 
 
 def parse_layers(text: str | list[int], n_layers: int, option: str = "--layers") -> list[int]:
