@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit import lora as lora_lib
+from toolkit.chat import template_description
 from toolkit.curriculum import Curriculum, CurriculumPlan
 from toolkit.data.batching import check_batching_supported, collate, micro_batches
 from toolkit.data.sources import load_sources, source_texts
@@ -105,7 +106,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
             journal.event(start_step, "curriculum_pivot", changes=curriculum.pivot)
     else:
         journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir),
-                      processes=accelerator.num_processes, device=str(accelerator.device))
+                      processes=accelerator.num_processes, device=str(accelerator.device),
+                      model_class=type(model.get_base_model() if use_lora else model).__name__,
+                      chat_template=template_description(tokenizer))
     journal.event(start_step, "data", sources={
         s.name: {"train": len(s.train), "val": len(s.val), "tier": s.tier, "bad_lines_skipped": s.bad_lines,
                  "too_long_skipped": s.skipped} for s in sources})
