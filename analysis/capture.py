@@ -221,10 +221,6 @@ def list_heads(config) -> list[HeadInfo]:
     return heads
 
 
-def _has_gdn(heads: list[HeadInfo]) -> bool:
-    return any(h.kind == "gdn" for h in heads)
-
-
 def _conv1d_attention_slices(attn, head: int) -> dict[str, torch.Tensor]:
     """GPT-2 (transformers Conv1D, weight [in, out]): c_attn's columns are [q | k | v], each n_heads x d wide;
     the head owns columns head*d .. (head+1)*d of each block and rows head*d .. (head+1)*d of c_proj."""

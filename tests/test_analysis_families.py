@@ -56,7 +56,11 @@ def _perturb(family: str, model) -> None:
     """Move the weights only ATTN_HEAD of layer ATTN[family] owns, and on hybrids those only GDN_HEAD of layer
     GDN_LAYER owns (its v/z/a/b rows, conv channels, out_proj columns and gates; not the q/k rows it shares
     with the other value heads of its key-head group), in the checkpoint's own class."""
-    from analysis.capture import _attention_module, attention_head_slices, gdn_head_slices
+    from analysis.capture import (
+        _attention_module,
+        attention_head_slices,
+        gdn_head_slices,
+    )
     from toolkit.layout import decoder_layers
 
     gen = torch.Generator().manual_seed(3)
@@ -221,7 +225,7 @@ def test_rank_reads_the_planted_rank_and_deltas_fit_the_merged_weights(family, f
     report = rank_report(adapter, data=data, out=tmp_path / "report")
     modules = report["run_a"]["modules"]
     with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
-        n_keys = sum(".lora_A." in k for k in f.keys())
+        n_keys = sum(".lora_A." in k for k in f)
     assert len(modules) == n_keys // (2 if family in MULTIMODAL else 1)  # an aliased adapter is read once
     assert all(m["rank"] == PLANTED_RANK and m["r"] == 8 for m in modules.values()), \
         {n: m["rank"] for n, m in modules.items()}
