@@ -28,7 +28,7 @@ tokenizer is cached per (family, texts), so building one again is cheap; every c
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 FAMILIES = ("qwen3_5", "qwen3", "llama3", "mistral", "gemma", "gpt2")
 
@@ -216,7 +216,7 @@ DEFAULT_TEXTS = [
 VOCAB_SIZE = 512
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained(family: str, texts: tuple[str, ...]) -> str:
     """The trained `tokenizers.Tokenizer` of a family, as JSON (built once per family and corpus)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers

@@ -17,28 +17,33 @@ model is trained on exactly the prompt text it sees at inference (same template,
 
 How the loss mask is found. The conversation is rendered once (F) and tokenized once with offsets; the
 mask is located in F's TEXT, never by comparing token ids of partial renders: a generation prompt's text
-can be a prefix of F while its token ids are not (Qwen3.5 in thinking mode: the prompt ends `<think>\\n`,
-F goes on `\\n</think>\\n\\n` and `\\n\\n` is one token). For assistant message i:
+can be a prefix of F while its token ids are not (Qwen3.5 in thinking mode: the prompt ends `<think>\n`,
+F goes on `\n</think>\n\n` and `\n\n` is one token). For assistant message i, with
+P = render(messages[:i], add_generation_prompt=True), the prompt inference would use:
 
-1. anchor = the longest common prefix of F and render(messages[:i], add_generation_prompt=True): past every
-   earlier message even when the template rewrites earlier turns (Qwen3/3.5 strip earlier `<think>` blocks).
-2. The end-of-turn text is what render(messages[:i+1]) writes right after the reply, less trailing
+1. The anchor: where the reply may start. Usually F starts with P and the anchor is len(P). When it does
+   not, the template rewrites earlier turns or the prompt's header (Qwen3/3.5 strip earlier `<think>`
+   blocks and the non-thinking prompt writes an empty one), and the anchor is where F parts from P and
+   from render(messages[:i]): past every earlier message, never inside this one.
+2. The end-of-turn text: what render(messages[:i+1]) writes right after the reply, less trailing
    whitespace (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`, EOS for the plain format).
-3. The reply is the first occurrence of the content (as given, else stripped: templates may `|trim` it)
-   after the anchor that F continues with the end-of-turn text, with no end-of-turn text in between.
-   When the message has a `reasoning_content` that the template renders there (Qwen3/3.5 on the turns
-   after the last user message), the region starts at the reasoning instead, so reasoning, `</think>`
-   and the content are all learned.
+3. The reply: the first occurrence of the content (as given, else stripped: templates may `|trim` it)
+   from the anchor on that F continues with the end-of-turn text, with no end-of-turn text in between.
+   A `reasoning_content` the template renders there (Qwen3/3.5, on the turns after the last user message)
+   moves the start to the reasoning, so reasoning, `</think>` and content are learned; the opening
+   `<think>` and an empty think block are the template's, context not target. Whitespace alone between
+   the prompt and the reply (Mistral's `[/INST]` + ` ` + reply) is generated text and is learned with it.
+   A content with an inline `<think>...</think>` the template does not write verbatim is read as Qwen's
+   templates read it (reasoning inside the block, reply after it).
 4. Region = [reply start, end of the end-of-turn text). A token is supervised when its characters overlap
-   a region. A token may reach before the region only by whitespace the template writes right before the
-   reply (Mistral's `[/INST] ` + reply: the model has to generate `▁Hello`), so such a token is learned
-   with its space; anything else crossing a region edge is an error.
+   a region (as transformers does for `{% generation %}` spans); one that also reaches outside the region
+   by anything but whitespace is an error, since no mask would be right.
 
 The same text method serves every template; `{% generation %}` markers are neither needed nor read (a
 template with them renders the same text and gets the same mask). Whatever the toolkit cannot mask exactly
 (reply text not found, end-of-turn text missing or different in the full conversation, a tokenizer
 without offsets, a template error) is a one-line `ToolkitError` naming the template, at the data line:
-never a silent wrong mask. The empty think block Qwen3.5 writes on the final turn is context, not target.
+never a silent wrong mask.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def template_name(tokenizer) -> str:
     if not has_template(tokenizer):
         return "the plain chat format (the tokenizer has no chat template)"
     name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
-    return f"the chat template of {name} (or model.chat_template)"
+    return f"the chat template of {name} (or the recipe's model.chat_template)"
 
 
 def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool, where: str | None = None) -> str:
@@ -157,18 +162,40 @@ def supervised_spans(input_ids: list[int], labels: list[int]) -> list[list[int]]
 
 
 def reply_region(tokenizer, messages: list[dict], i: int, full: str, where: str | None = None) -> tuple[int, int]:
-    """[start, end) in `full` (the rendered conversation) of assistant message i's reply and end-of-turn text."""
+    """[start, end) in `full` (the rendered conversation) of assistant message i's reply and end-of-turn text.
+
+    A content with an inline `<think>...</think>` that the template does not write verbatim is read the way
+    the Qwen/DeepSeek templates read it: the text after the last `</think>` is the reply, the text inside
+    the block its reasoning."""
     message = messages[i]
     content = message.get("content")
     reasoning = message.get("reasoning_content")
     reasoning = reasoning.strip() if isinstance(reasoning, str) else ""
     if not isinstance(content, str) or not content.strip():
         raise ToolkitError(f"messages[{i}] (assistant) is empty: there is no reply to learn", where=where)
-    name = template_name(tokenizer)
     prompt = render(tokenizer, messages[:i], add_generation_prompt=True, where=where) if i else ""
-    anchor = _common_prefix(full, prompt)
+    if full.startswith(prompt):  # the usual case: the reply is generated right after the prompt
+        anchor, after_prompt = len(prompt), True
+    else:  # the template rewrites earlier turns (or the prompt's header): past the earlier messages, not further
+        before = render(tokenizer, messages[:i], add_generation_prompt=False, where=where)
+        anchor, after_prompt = min(_common_prefix(full, prompt), _common_prefix(full, before)), False
     upto = render(tokenizer, messages[: i + 1], add_generation_prompt=False, where=where)
+    readings = [(content, reasoning)]
+    if "</think>" in content and content.split("</think>")[-1].strip():
+        inline = content.split("</think>")[0].split("<think>")[-1].strip()
+        readings.append((content.split("</think>")[-1], reasoning or inline))
+    errors = []
+    for reply, reply_reasoning in readings:
+        try:
+            return _locate(tokenizer, i, reply, reply_reasoning, full, upto, anchor, after_prompt, where)
+        except ToolkitError as err:
+            errors.append(err)
+    raise errors[0]
 
+
+def _locate(tokenizer, i: int, content: str, reasoning: str, full: str, upto: str, anchor: int, after_prompt: bool,
+            where: str | None) -> tuple[int, int]:
+    name = template_name(tokenizer)
     variants = list(dict.fromkeys([content, content.strip()]))
     # the reply is the last thing `upto` renders: its last occurrence (the one ending latest; exact on a tie)
     found = [(upto.rfind(v) + len(v), len(v), v) for v in variants if upto.rfind(v) >= 0]
@@ -180,7 +207,6 @@ def reply_region(tokenizer, messages: list[dict], i: int, full: str, where: str 
     if not end_of_turn:
         raise ToolkitError(f"{name} writes nothing after an assistant reply to end the turn, so the model would "
                            "never learn to stop", where=where, hint=TEMPLATE_HINT)
-
     for v in [variant] + [v for v in variants if v != variant]:
         at = _find_reply(full, v, end_of_turn, anchor)
         if at is not None:
@@ -193,12 +219,14 @@ def reply_region(tokenizer, messages: list[dict], i: int, full: str, where: str 
     if reasoning:
         r = full.find(reasoning, anchor, at)
         if r >= 0:
-            start = r  # the template renders the reasoning here: reasoning, </think> and content are learned
+            return r, end  # the template renders the reasoning here: reasoning, </think> and content are learned
+    if after_prompt and anchor < start and full[anchor:start].isspace():
+        start = anchor  # whitespace the template writes between prompt and reply is generated too (Mistral's " ")
     return start, end
 
 
 def _find_reply(full: str, text: str, end_of_turn: str, anchor: int) -> int | None:
-    """First position >= anchor where `text` stands followed by `end_of_turn`, with no end-of-turn in between."""
+    """First place from the anchor where `text` stands followed by `end_of_turn`, with no end-of-turn between."""
     pos = anchor
     while True:
         at = full.find(text, pos)
