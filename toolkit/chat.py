@@ -238,11 +238,15 @@ def _find_reply(full: str, text: str, end_of_turn: str, anchor: int) -> int | No
 
 
 def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    """Length of the longest common prefix (binary search on C-level slice compares: long texts stay fast)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _encode_with_offsets(tokenizer, text: str, where: str | None) -> tuple[list[int], list[tuple[int, int]]]:
