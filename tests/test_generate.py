@@ -147,7 +147,7 @@ def test_chat_prompt(tiny_model_and_tokenizer):
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None
-    assert chat_prompt(plain, messages) == "Be brief.\nHello"
+    assert chat_prompt(plain, messages) == "Be brief.\nHello\n"  # the plain format: each message and a newline
 
 
 # ---------------------------------------------------------------- temperature policy (seed 003)
