@@ -9,6 +9,7 @@ ModuleList of decoder blocks), never from a table of families.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -46,9 +47,11 @@ def checkpoint_config(name_or_path: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+@functools.lru_cache(maxsize=8)
 def checkpoint_layers_name(name_or_path: str) -> str | None:
     """Where the class named in a checkpoint's config.json keeps its decoder blocks, found by building that
-    class on the meta device (no weights, no memory); None when it cannot be told (hub id, remote code)."""
+    class on the meta device (no weights, no memory); None when it cannot be told (hub id, remote code).
+    Cached: every checkpoint save of a run asks about the same base."""
     raw = checkpoint_config(name_or_path)
     if not raw or not raw.get("architectures"):
         return None

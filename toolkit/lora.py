@@ -134,14 +134,13 @@ def split_targets(model, names: list[str]) -> tuple[list[str], list[str]]:
     (Qwen3-Next, Qwen3.5-MoE, Mixtral, ...) into LoRA on every routed expert's fused weight, shared-expert
     and dense MLPs included, on attach and again on load; as parameters they stay the modules named.
     """
-    from torch import nn as _nn
     from transformers.pytorch_utils import Conv1D
 
     modules = _linear_modules(model)
     rewritten = {leaf for leaf in {n.rsplit(".", 1)[-1] for n in names} if _peft_rewrites(model, leaf)}
     as_modules, as_parameters = [], []
     for name in names:
-        wrappable = isinstance(modules[name], (_nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] not in rewritten
+        wrappable = isinstance(modules[name], (nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] not in rewritten
         (as_modules if wrappable else as_parameters).append(name)
     return [portable_name(n) for n in as_modules], [portable_name(n) + ".weight" for n in as_parameters]
 
