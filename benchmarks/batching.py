@@ -17,7 +17,7 @@ from toolkit.data.batching import collate, micro_batches, padding_waste
 from toolkit.data.sources import load_sources
 from toolkit.model import load_model, load_tokenizer
 from toolkit.recipe import load_recipe
-from toolkit.train.loop import _token_loss_sum
+from toolkit.loss import token_loss_sum
 
 
 def main(model_dir: str = "runs/demo-pretrain/model", steps: int = 20, global_batch: int = 32, micro: int = 8):
@@ -33,7 +33,7 @@ def main(model_dir: str = "runs/demo-pretrain/model", steps: int = 20, global_ba
         start = time.perf_counter()
         for group in groups:
             for examples in group:
-                _token_loss_sum(model, collate(examples, tokenizer.pad_token_id)).backward()
+                token_loss_sum(model, collate(examples, tokenizer.pad_token_id)).backward()
         seconds = time.perf_counter() - start
         real_tokens = sum(len(e) for examples in batches for e in examples)
         results[mode] = (waste, real_tokens / seconds)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from toolkit import lora as lora_lib
 from toolkit.chat import template_description
@@ -23,6 +22,7 @@ from toolkit.data.batching import check_batching_supported, collate, micro_batch
 from toolkit.data.sources import load_sources, source_texts
 from toolkit.errors import ToolkitError
 from toolkit.journal import Journal, JsonlWriter
+from toolkit.loss import token_loss_sum
 from toolkit.model import load_model, load_tokenizer, resolve_model_path
 from toolkit.monitor.core import EXIT_PAUSED, Monitor
 from toolkit.recipe import LoadedRecipe, dump_recipe
@@ -175,7 +175,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
             batch = {k: v.to(accelerator.device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()}
             sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(train_model)
             with sync, accelerator.autocast():
-                loss_sum = _token_loss_sum(train_model, batch)
+                loss_sum = token_loss_sum(train_model, batch)
                 accelerator.backward(loss_sum * world / max(target_tokens, 1))  # DDP averages over ranks
             local_loss += loss_sum.detach()
         loss = (accelerator.reduce(local_loss, "sum") / max(target_tokens, 1)).item()
@@ -229,14 +229,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 # ---------------------------------------------------------------- pieces of a step
 
 
-def _token_loss_sum(model, batch) -> torch.Tensor:
-    """Summed next-token cross-entropy over target tokens (labels != -100)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
-    )
-
-
 def _target_count(labels: list[int]) -> int:
     return sum(1 for label in labels[1:] if label != -100)
 
@@ -266,7 +258,7 @@ def _validation_loss(model, sources, batch_size: int, batching: str, pad_id: int
         loss_sum, count = 0.0, 0
         for batch_examples in micro_batches(source.val, batch_size, batching):
             batch = {k: v.to(next(model.parameters()).device) for k, v in collate(batch_examples, pad_id).items()}
-            loss_sum += _token_loss_sum(model, batch).item()
+            loss_sum += token_loss_sum(model, batch).item()
             count += sum(_target_count(e.labels) for e in batch_examples)
         if count:
             by_source[source.name] = loss_sum / count
