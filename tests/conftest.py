@@ -11,6 +11,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory):
+    """Tokenized sources are cached in a directory of this session, not the user's ~/.cache."""
+    os.environ["TOOLKIT_CACHE"] = str(tmp_path_factory.mktemp("toolkit-cache"))
+
 SAMPLE_TEXTS = [
     f"Line {i}: the quick brown fox jumps over the lazy dog while the cat sleeps. "
     f"User asked for item {i % 7}; the assistant answered with care and did what was asked."

@@ -222,7 +222,8 @@ def test_on_bad_line_skip_counts_them(tmp_path, tok):
     assert len(records) == 3 and records.bad_lines == 2
     assert [w for w, _ in records] == [f"{path}:1", f"{path}:3", f"{path}:5"]
     (source,) = load_sources(DataConfig(sources=[cfg], val_fraction=0.0), tok, seed=0)
-    assert source.bad_lines == 2 and source.skipped == 0 and len(source.train) == 3
+    assert source.stats["bad_lines_skipped"] == 2 and source.stats["no_target_skipped"] == 0
+    assert len(source.train) == 3
 
 
 def test_missing_file_names_the_recipe_key(tmp_path):
@@ -339,7 +340,7 @@ def test_val_split_is_deterministic_disjoint_and_bounded(tmp_path, tok):
     assert len(a.val) == 4 and len(a.train) == 36
     assert ids(a.val) == ids(b.val) and ids(a.train) == ids(b.train)
     assert not set(ids(a.val)) & set(ids(a.train))
-    assert set(ids(a.val)) | set(ids(a.train)) == set(ids(a.train + a.val)) and len(set(ids(a.train + a.val))) == 40
+    assert set(ids(a.val)) | set(ids(a.train)) == set(ids(list(a.train) + a.val)) and len(set(ids(list(a.train) + a.val))) == 40
     # training draws never reach validation examples
     assert not set(ids(a.next_examples(100))) & set(ids(a.val))
     capped = DataConfig(sources=[SourceConfig(name="n", path=path)], val_fraction=0.5, val_max_examples=3)

@@ -126,6 +126,18 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=_add_special_tokens(tokenizer, text))["input_ids"])
 
 
+def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """`encode_prompt` of many texts in two batched tokenizer calls (fast tokenizers encode a batch in Rust)."""
+    out: list[list[int]] = [[] for _ in texts]
+    for special in (True, False):
+        picked = [i for i, t in enumerate(texts) if _add_special_tokens(tokenizer, t) == special]
+        if picked:
+            encoded = tokenizer([texts[i] for i in picked], add_special_tokens=special)["input_ids"]
+            for i, ids in zip(picked, encoded):
+                out[i] = list(ids)
+    return out
+
+
 # ---------------------------------------------------------------- assistant-only loss
 
 

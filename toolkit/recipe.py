@@ -75,7 +75,7 @@ class LoraConfig(Section):
 
 class SourceConfig(Section):
     name: str
-    path: str | None = None  # JSONL, JSON, parquet or text file
+    path: str | None = None  # JSONL, JSON, parquet, CSV or text file, or a directory of such shards
     dataset: str | None = None  # a Hugging Face datasets hub id
     builtin: str | None = None  # a corpus gathered at run time (see toolkit.data.corpus)
     split: str = "train"
@@ -90,6 +90,9 @@ class SourceConfig(Section):
     train_on: Literal["all", "last"] = "all"
     on_bad_line: Literal["error", "skip"] = "error"
     max_examples: int | None = Field(None, ge=1)
+    # read the source as a stream (a hub dataset or a directory of shards larger than the disk cache
+    # should hold): tokenized as it is drawn, in file order, resumed exactly from its position
+    streaming: bool = False
 
     @model_validator(mode="after")
     def _one_origin(self):
@@ -102,9 +105,19 @@ class SourceConfig(Section):
 class DataConfig(Section):
     sources: list[SourceConfig] = []
     max_length: int = Field(512, ge=8)
-    # bucket: examples of similar length share a micro-batch, right-padded (no leak, little waste)
-    # pack: several examples per row; refused where the kernels cannot keep them apart
-    batching: Literal["bucket", "pad", "pack"] = "bucket"
+    # auto: pack where the model keeps packed examples apart exactly (checked at start), else bucket
+    # pack: several examples per row, sequence boundaries honoured by attention, conv1d and GDN recurrence
+    # bucket: examples of similar length share a micro-batch, right-padded
+    batching: Literal["auto", "bucket", "pad", "pack"] = "auto"
+    # a text record longer than max_length: cut into max_length windows (every token trained) or, when
+    # false, handled by too_long like a chat example. Default: windows for pretrain, too_long for finetune
+    text_windows: bool | None = None
+    # an example longer than max_length: keep its start, keep its end, drop it, or stop with an error
+    too_long: Literal["truncate_right", "truncate_left", "drop", "error"] = "truncate_right"
+    # tokenized sources are cached here (Arrow, memory-mapped), keyed by content, tokenizer and options;
+    # default $TOOLKIT_CACHE or ~/.cache/toolkit/data
+    cache_dir: str | None = None
+    num_proc: int | None = Field(None, ge=1)  # tokenizer processes for a first build; default: the CPUs
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     val_max_examples: int = Field(64, ge=1)
 

@@ -7,18 +7,17 @@ Every record keeps a `where` ("file.jsonl:LINE", "file.parquet[row N]", "dataset
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from toolkit.data.formatting import Example, example_from_record, record_text
-from toolkit.errors import ToolkitError, first_line
+import numpy as np
+import pyarrow.compute as pc
+
+from toolkit.data.formatting import Example, parse_record, record_text
+from toolkit.errors import ToolkitError
 from toolkit.recipe import DataConfig, SourceConfig
-
-DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
 
 class Records(list):
     """A list of (where, record) pairs that also carries how many malformed lines were skipped."""
@@ -27,60 +26,23 @@ class Records(list):
 
 
 def read_records(src: SourceConfig, index: int) -> Records:
-    """(where, record) pairs of one source, at most `src.max_examples` of them.
+    """(where, record) pairs of one source in memory, at most `src.max_examples` of them: for small reads
+    (validate, analysis). Training reads sources through the tokenized cache (`load_sources`).
 
     A malformed JSONL line raises ToolkitError(where="file:line") unless `on_bad_line: skip`; then it
     is skipped and counted in the result's `.bad_lines`."""
-    if src.builtin:
-        from toolkit.data.corpus import load_builtin  # gathered at run time; imported only when used
+    from toolkit.data.cache import DATASETS_BUILDERS, json_rows, raw_rows, source_files
 
-        try:
-            corpus = load_builtin(src.builtin)
-        except ToolkitError as exc:  # an unknown name: point at the recipe key
-            raise ToolkitError(exc.message, where=exc.where, hint=exc.hint,
-                               key=exc.key or f"data.sources.{index}.builtin") from None
-        rows = [(f"builtin:{src.builtin}[{n}]", r) for n, r in enumerate(corpus)]
-    elif src.dataset:
-        rows = _read_hub(src, index)
-    else:
-        path = Path(src.path)
-        if not path.is_file():
-            raise ToolkitError(f"data file not found: {src.path}", key=f"data.sources.{index}.path")
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            return _read_jsonl(path, src)
-        if suffix == ".txt":
-            rows = _read_txt(path)
-        elif suffix in DATASETS_BUILDERS:
-            rows = _read_with_datasets(path, DATASETS_BUILDERS[suffix], index)
-        else:
-            raise ToolkitError(f"unsupported data file type '{suffix}'", key=f"data.sources.{index}.path",
-                               hint="use .jsonl, .json, .parquet, .csv or .txt")
-    return Records(rows[: src.max_examples] if src.max_examples else rows)
-
-
-def jsonl_rows(path: Path, data: bytes | None = None) -> Iterator[tuple[str, dict | None, str | None]]:
-    """(where, record, problem) for each non-blank line of a JSONL file (or of its bytes `data`):
-    `problem` says why a line is not a JSON object (bad JSON, not UTF-8, another JSON type)."""
-    lines = data.splitlines() if data is not None else Path(path).read_bytes().splitlines()
-    for lineno, raw in enumerate(lines, start=1):  # bytes: a line that is not UTF-8 is a bad line like any other
-        if not raw.strip():
-            continue  # blank lines (a trailing newline, spacing) are not records
-        try:
-            record = json.loads(raw.decode("utf-8"))
-            problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
-        except UnicodeDecodeError as exc:
-            record, problem = None, f"not UTF-8 text (byte {exc.start + 1})"
-        except json.JSONDecodeError as exc:
-            record, problem = None, f"not valid JSON: {exc.msg} (column {exc.colno})"
-        yield f"{path}:{lineno}", (record if problem is None else None), problem
-
-
-def _read_jsonl(path: Path, src: SourceConfig) -> Records:
     out = Records()
-    for where, record, problem in jsonl_rows(path):
-        if src.max_examples and len(out) >= src.max_examples:
-            break
+    if src.dataset or DATASETS_BUILDERS.get(source_files(src, index)[0].suffix.lower() if src.path else ""):
+        table, prefix = raw_rows(src, index, scratch=None)
+        out.extend((f"{prefix}[row {n}]", dict(row)) for n, row in enumerate(table))
+        return out
+    for where, text in json_rows(src, index):
+        if not text:  # a line that is not UTF-8 (on_bad_line: skip)
+            out.bad_lines += 1
+            continue
+        record, problem = parse_record(text)
         if problem is None:
             out.append((where, record))
         elif src.on_bad_line == "skip":
@@ -90,45 +52,13 @@ def _read_jsonl(path: Path, src: SourceConfig) -> Records:
     return out
 
 
-def _read_txt(path: Path) -> list[tuple[str, dict]]:
-    """One record per blank-line-separated paragraph; `where` is the paragraph's first line."""
-    rows, para, start = [], [], 0
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ToolkitError(f"not UTF-8 text (byte {exc.start + 1})", where=str(path)) from None
-    for lineno, line in enumerate(lines + [""], start=1):
-        if line.strip():
-            start = start or lineno
-            para.append(line)
-        elif para:
-            rows.append((f"{path}:{start}", {"text": "\n".join(para)}))
-            para, start = [], 0
-    return rows
-
-
-def _read_with_datasets(path: Path, builder: str, index: int) -> list[tuple[str, dict]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:
-        raise ToolkitError(f"cannot read {path}: {first_line(exc)}", key=f"data.sources.{index}.path") from None
-    return [(f"{path}[row {n}]", dict(row)) for n, row in enumerate(ds)]
-
-
-def _read_hub(src: SourceConfig, index: int) -> list[tuple[str, dict]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(src.dataset, split=src.split)
-    except Exception as exc:
-        raise ToolkitError(f"cannot load dataset '{src.dataset}' split '{src.split}': {first_line(exc)}",
-                           key=f"data.sources.{index}.dataset") from None
-    if src.max_examples:
-        ds = ds.select(range(min(src.max_examples, len(ds))))
-    return [(f"dataset:{src.dataset}[row {n}]", dict(row)) for n, row in enumerate(ds)]
-
+def jsonl_rows(path: Path, data: bytes | None = None) -> Iterator[tuple[str, dict | None, str | None]]:
+    """(where, record, problem) for each non-blank line of a JSONL file (or of its bytes `data`):
+    `problem` says why a line is not a JSON object (bad JSON, not UTF-8, another JSON type)."""
+    lines = data.splitlines() if data is not None else Path(path).read_bytes().splitlines()
+    for lineno, raw in enumerate(lines, start=1):  # bytes: a line that is not UTF-8 is a bad line like any other
+        if raw.strip():  # blank lines (a trailing newline, spacing) are not records
+            yield f"{path}:{lineno}", *parse_record(raw)
 
 
 def stable_seed(*parts) -> int:
@@ -147,26 +77,44 @@ def set_rng_state(rng: random.Random, state: list) -> None:
     rng.setstate((version, tuple(internal), gauss))
 
 
+class ExampleTable:
+    """Examples held in a memory-mapped Arrow table (the tokenized cache): `rows` picks which of its rows
+    belong here. Indexing and `take` build `Example`s on demand, so memory does not grow with the corpus."""
+
+    def __init__(self, table, rows: np.ndarray, source: str, tier: int | None):
+        self.table, self.rows, self.source, self.tier = table, rows, source, tier
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.take([i])[0]
+
+    def __iter__(self):
+        for start in range(0, len(self.rows), 256):
+            yield from self.take(range(start, min(start + 256, len(self.rows))))
+
+    def take(self, positions) -> list[Example]:
+        picked = self.table[[int(self.rows[p]) for p in positions]]
+        return [Example(input_ids=ids, labels=list(ids) if labels is None else labels, source=self.source,
+                        tier=self.tier) for ids, labels in zip(picked["input_ids"], picked["labels"])]
+
+
 class Source:
     """One source's examples: `train` handed out by `next_examples` in shuffled epochs, `val` kept apart.
+    `stats` counts what the build did (documents, tokens, bad lines, windows, truncations, drops) for the journal."""
 
-    Counters for logs: `bad_lines` (malformed JSONL lines skipped, on_bad_line: skip) and `skipped`
-    (records with no token left to learn after truncation to max_length)."""
-
-    def __init__(self, cfg: SourceConfig, train: list[Example], val: list[Example], seed: int,
-                 bad_lines: int = 0, skipped: int = 0):
+    def __init__(self, cfg: SourceConfig, train, val: list[Example], seed: int, stats: dict | None = None):
         self.name, self.tier, self.tags, self.weight = cfg.name, cfg.tier, list(cfg.tags), cfg.weight
         self.train, self.val = train, val
-        self.bad_lines, self.skipped = bad_lines, skipped
+        self.stats = stats or {}
         self.seed = seed
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)
 
-    def _epoch_order(self, epoch: int) -> list[int]:
+    def _epoch_order(self, epoch: int) -> np.ndarray:
         # each epoch's order depends only on (seed, name, epoch): resuming needs just (epoch, position)
-        order = list(range(len(self.train)))
-        random.Random(stable_seed(self.seed, self.name, "epoch", epoch)).shuffle(order)
-        return order
+        return np.random.default_rng(stable_seed(self.seed, self.name, "epoch", epoch)).permutation(len(self.train))
 
     def next_examples(self, n: int) -> list[Example]:
         out = []
@@ -175,9 +123,12 @@ class Source:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._epoch_order(self.epoch)
             take = self._order[self.position : self.position + n - len(out)]
-            out.extend(self.train[i] for i in take)
+            out.extend(_take(self.train, take))
             self.position += len(take)
         return out
+
+    def report(self) -> dict:
+        return {"train": len(self.train), "val": len(self.val), "tier": self.tier, **self.stats}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "num_train": len(self.train)}
@@ -195,39 +146,87 @@ class Source:
         return f"Source({self.name!r}, train={len(self.train)}, val={len(self.val)})"
 
 
+def _take(examples, positions) -> list[Example]:
+    return examples.take(positions) if isinstance(examples, ExampleTable) else [examples[int(i)] for i in positions]
+
+
 def val_count(n: int, data_cfg: DataConfig) -> int:
-    """How many of a source's n examples go to validation."""
+    """How many of a source's n documents go to validation."""
     if data_cfg.val_fraction <= 0 or n < 2:
         return 0
-    # int(n * f) < n since f < 1, so at least one example stays for training
+    # int(n * f) < n since f < 1, so at least one document stays for training
     return min(data_cfg.val_max_examples, max(1, int(n * data_cfg.val_fraction)))
 
 
-def load_sources(data_cfg: DataConfig, tokenizer, seed: int) -> list[Source]:
+def load_sources(data_cfg: DataConfig, tokenizer, seed: int, *, text_windows: bool = False,
+                 base_dir: Path | None = None) -> list[Source]:
+    """Every source of the recipe, tokenized through the cache (streamed sources: as they are drawn).
+    `text_windows` is the command's default for `data.text_windows` (pretrain: on)."""
+    from toolkit.data.cache import cache_root
+    from toolkit.data.tokenize import TokenizeOptions
+
+    windows = text_windows if data_cfg.text_windows is None else data_cfg.text_windows
+    root = cache_root(data_cfg.cache_dir)
     sources = []
     for i, cfg in enumerate(data_cfg.sources):
-        records = read_records(cfg, i)
-        examples, skipped = [], 0
-        for where, record in records:
-            ex = example_from_record(record, tokenizer, fmt=cfg.format, text_field=cfg.text_field,
-                                     strip_instructions=cfg.strip_instructions, max_length=data_cfg.max_length,
-                                     source=cfg.name, tier=cfg.tier, where=where, train_on=cfg.train_on)
-            if ex is None:
-                skipped += 1
-            else:
-                examples.append(ex)
-        if not examples:
-            why = (f"all {skipped} examples lost every trained token to truncation at max_length={data_cfg.max_length}"
-                   if skipped else f"it yielded no records ({records.bad_lines} bad lines skipped)")
-            raise ToolkitError(f"source '{cfg.name}' has no usable training examples: {why}", key=f"data.sources.{i}")
-        # the validation split is drawn from a shuffle of its own so it never moves with the epochs
-        order = list(range(len(examples)))
-        random.Random(stable_seed(seed, cfg.name, "val")).shuffle(order)
-        k = val_count(len(examples), data_cfg)
-        train = [examples[j] for j in order[: len(order) - k]]
-        val = [examples[j] for j in order[len(order) - k :]]
-        sources.append(Source(cfg, train, val, seed, bad_lines=records.bad_lines, skipped=skipped))
+        opts = TokenizeOptions.of(cfg, data_cfg, windows)
+        if cfg.streaming:
+            from toolkit.data.streaming import StreamingSource
+
+            sources.append(StreamingSource(cfg, i, opts, tokenizer, data_cfg, seed))
+        else:
+            sources.append(_cached_source(cfg, i, opts, tokenizer, data_cfg, seed, root))
     return sources
+
+
+def _cached_source(cfg: SourceConfig, index: int, opts, tokenizer, data_cfg: DataConfig, seed: int, root: Path):
+    from toolkit.data.cache import tokenized_rows
+
+    table = tokenized_rows(cfg, index, opts, tokenizer, root, data_cfg.num_proc)
+    raise_first_error(table)
+    columns = table.data  # the Arrow table: columns read without Python objects per token
+    lengths = pc.fill_null(pc.list_value_length(columns.column("input_ids")), 0).to_numpy()
+    rows = np.flatnonzero(lengths > 0)
+    stats = build_stats(columns, lengths)
+    if not len(rows):
+        why = (f"every record lost its trained tokens (max_length={data_cfg.max_length}, too_long: "
+               f"{data_cfg.too_long}): {stats}" if stats["documents"] else "it yielded no records")
+        raise ToolkitError(f"source '{cfg.name}' has no usable training examples: {why}", key=f"data.sources.{index}")
+    train, val = split_by_document(rows, columns.column("doc").to_numpy()[rows], data_cfg, seed, cfg.name)
+    return Source(cfg, ExampleTable(table, train, cfg.name, cfg.tier),
+                  ExampleTable(table, val, cfg.name, cfg.tier).take(range(len(val))), seed, stats)
+
+
+def raise_first_error(table) -> None:
+    """Raise the first malformed record's error (a build returns them as rows, in record order)."""
+    errors = table.data.column("error")
+    if errors.null_count == len(errors):
+        return
+    first = pc.index(pc.is_valid(errors), True).as_py()
+    row = table[first]
+    raise ToolkitError(row["error"], where=row["where"], hint=row["hint"])
+
+
+def build_stats(columns, lengths: np.ndarray) -> dict:
+    """Counts for the journal: documents read, examples and tokens kept, and each note (see tokenize)."""
+    from toolkit.data.tokenize import BAD_LINE, DROPPED, NO_TARGET, WINDOWED
+
+    notes = {d["values"]: d["counts"] for d in pc.value_counts(columns.column("note")).to_pylist() if d["values"]}
+    docs = columns.column("doc")
+    return {"documents": len(pc.unique(docs)) - notes.get(BAD_LINE, 0), "examples": int((lengths > 0).sum()),
+            "tokens": int(lengths.sum()), "bad_lines_skipped": notes.get(BAD_LINE, 0),
+            "windowed_documents": notes.get(WINDOWED, 0), "no_target_skipped": notes.get(NO_TARGET, 0),
+            "too_long": {k: v for k, v in notes.items() if k in ("truncate_right", "truncate_left")}
+            | ({"drop": notes[DROPPED]} if DROPPED in notes else {})}
+
+
+def split_by_document(rows: np.ndarray, docs: np.ndarray, data_cfg: DataConfig, seed: int, name: str):
+    """(train rows, val rows): validation takes whole documents (every window of one), drawn by a shuffle
+    of its own so it never moves with the epochs, and at most val_max_examples rows."""
+    unique = np.unique(docs)
+    shuffled = np.random.default_rng(stable_seed(seed, name, "val")).permutation(unique)
+    held = np.isin(docs, shuffled[: val_count(len(unique), data_cfg)])
+    return rows[~held], rows[held][: data_cfg.val_max_examples]
 
 
 def source_texts(data_cfg: DataConfig) -> Iterator[str]:

@@ -24,11 +24,14 @@ class DreamSource:
         self.pool_size, self.retention = cfg.pool_size, cfg.retention
         self.tokenizer, self.max_length, self.seed = tokenizer, max_length, seed
         self.val: list = []
-        self.bad_lines = self.skipped = 0
+        self.skipped = 0
         self.records: dict[str, dict] = {}  # key -> record, in arrival order
         self.examples: dict[str, object] = {}  # key -> tokenized Example
         self.epoch, self.order, self.position = 0, [], 0
         self.log = JsonlWriter(Path(run_dir) / "dream" / "examples.jsonl", enabled=write)
+
+    def report(self) -> dict:
+        return {"train": len(self.examples), "val": 0, "tier": self.tier, "no_target_skipped": self.skipped}
 
     @property
     def train(self):

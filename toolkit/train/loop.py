@@ -71,12 +71,14 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     # LoRA on a bf16 GPU run keeps the frozen base in bf16 (peft keeps the adapter in fp32)
     weights_dtype = torch.bfloat16 if use_lora and accelerator.mixed_precision == "bf16" else torch.float32
     model = load_model(base_path, recipe.model, dtype=weights_dtype)
-    check_batching_supported(recipe.data.batching, model)
+    batching = "bucket" if recipe.data.batching == "auto" else recipe.data.batching  # TODO resolve_batching
+    check_batching_supported(batching, model)
     if use_lora:
         model = lora_lib.attach_lora(model, recipe.lora)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    sources = load_sources(recipe.data, tokenizer, recipe.run.seed)
+    with accelerator.main_process_first():  # rank 0 tokenizes into the cache; the others then map it
+        sources = load_sources(recipe.data, tokenizer, recipe.run.seed, text_windows=command == "pretrain")
     if not sources:
         raise ToolkitError("the recipe names no data sources", key="data.sources")
     dream = None
@@ -109,9 +111,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
                       processes=accelerator.num_processes, device=str(accelerator.device),
                       model_class=type(model.get_base_model() if use_lora else model).__name__,
                       chat_template=template_description(tokenizer))
-    journal.event(start_step, "data", sources={
-        s.name: {"train": len(s.train), "val": len(s.val), "tier": s.tier, "bad_lines_skipped": s.bad_lines,
-                 "too_long_skipped": s.skipped} for s in sources})
+    journal.event(start_step, "data", max_length=recipe.data.max_length, too_long=recipe.data.too_long,
+                  sources={s.name: s.report() for s in sources})
     if cfg.divergence_guard and not any(s.val for s in sources):
         journal.event(start_step, "guard_off", "warn", reason="no validation examples (data.val_fraction is 0)")
     train_model = accelerator.prepare(model)
@@ -144,7 +145,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         return code
 
     def evaluate(step: int) -> str | None:
-        val = _validation_loss(model, sources, cfg.batch_size, recipe.data.batching, tokenizer.pad_token_id)
+        val = _validation_loss(model, sources, cfg.batch_size, batching, tokenizer.pad_token_id)
         if val is None:
             return None
         metrics.write({"step": step, "val_loss": val["all"], "val_loss_by_source": val["by_source"]})
@@ -168,7 +169,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         if curriculum.transition:
             journal.event(step, "curriculum", **curriculum.transition)
         examples = source.next_examples(global_batch)
-        batches = micro_batches(examples, cfg.batch_size, recipe.data.batching)[rank::world]
+        batches = micro_batches(examples, cfg.batch_size, batching)[rank::world]
         target_tokens = sum(_target_count(e.labels) for e in examples)
         local_loss = torch.zeros((), device=accelerator.device)
         for i, batch_examples in enumerate(batches):
