@@ -132,10 +132,16 @@ def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
     for special in (True, False):
         picked = [i for i, t in enumerate(texts) if _add_special_tokens(tokenizer, t) == special]
         if picked:
-            encoded = tokenizer([texts[i] for i in picked], add_special_tokens=special)["input_ids"]
-            for i, ids in zip(picked, encoded):
+            for i, ids in zip(picked, _encode_batch(tokenizer, [texts[i] for i in picked], special)):
                 out[i] = list(ids)
     return out
+
+
+def _encode_batch(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):  # no offsets: about 20% faster
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=special)]
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
 # ---------------------------------------------------------------- assistant-only loss

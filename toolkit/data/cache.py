@@ -29,7 +29,7 @@ from toolkit.errors import ToolkitError, first_line
 CACHE_VERSION = 1  # bump when the rows a build writes change for the same inputs
 MANIFEST = "manifest.json"
 DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
-ROWS_PER_PROCESS = 4000  # below this a source is tokenized in-process (a pool costs more than it saves)
+ROWS_PER_PROCESS = 1000  # below this a source is tokenized in-process (a pool costs more than it saves)
 READ_CHUNK = 16 << 20
 
 
