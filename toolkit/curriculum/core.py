@@ -90,7 +90,11 @@ class Curriculum:
 
     def _has_examples(self, name: str) -> bool:
         source = self.sources.get(name)  # the dream source is absent outside fine-tuning
-        return source is not None and len(source.train) > 0  # and empty until the first failure lands
+        if source is None:
+            return False
+        # a streamed source answers for itself (its length is unknown); the dream source is empty until
+        # the first failure lands
+        return source.has_examples() if hasattr(source, "has_examples") else len(source.train) > 0
 
     def vetoed(self, name: str) -> bool:
         veto = self.cfg.repetition.veto_above

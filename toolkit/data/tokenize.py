@@ -92,7 +92,8 @@ def _batch_rows(batch: dict) -> list[dict | str]:
     if JSON_COLUMN in batch:
         return list(batch[JSON_COLUMN])
     columns = [c for c in batch if c != WHERE_COLUMN]
-    return [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
+    # a table has every column on every row: a column a record lacks is null there, not part of the record
+    return [{c: v for c, v in zip(columns, values) if v is not None} for values in zip(*(batch[c] for c in columns))]
 
 
 def _parse(row, where: str, opts: TokenizeOptions):
