@@ -18,7 +18,7 @@ import torch
 from toolkit import lora as lora_lib
 from toolkit.chat import template_description
 from toolkit.curriculum import Curriculum, CurriculumPlan
-from toolkit.data.batching import check_batching_supported, collate, micro_batches
+from toolkit.data.batching import collate, micro_batches, padding_waste, resolve_batching, to_device
 from toolkit.data.sources import load_sources, source_texts
 from toolkit.errors import ToolkitError
 from toolkit.journal import Journal, JsonlWriter
@@ -71,8 +71,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     # LoRA on a bf16 GPU run keeps the frozen base in bf16 (peft keeps the adapter in fp32)
     weights_dtype = torch.bfloat16 if use_lora and accelerator.mixed_precision == "bf16" else torch.float32
     model = load_model(base_path, recipe.model, dtype=weights_dtype)
-    batching = "bucket" if recipe.data.batching == "auto" else recipe.data.batching  # TODO resolve_batching
-    check_batching_supported(batching, model)
     if use_lora:
         model = lora_lib.attach_lora(model, recipe.lora)
     if cfg.gradient_checkpointing:
@@ -92,6 +90,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 
     # ---- optimizer; restore everything from the checkpoint before the first step
     model.to(accelerator.device)
+    batching = resolve_batching(recipe.data.batching, model)  # on the device: auto packs where it is exact
     optimizer = _adamw(model, cfg)
     monitor = Monitor(recipe.monitor, recipe.run.seed) if recipe.monitor.enabled else None
     components = {"sources": sources, "curriculum": curriculum, "guard": guard}
@@ -110,7 +109,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir),
                       processes=accelerator.num_processes, device=str(accelerator.device),
                       model_class=type(model.get_base_model() if use_lora else model).__name__,
-                      chat_template=template_description(tokenizer))
+                      chat_template=template_description(tokenizer), batching=batching)
     journal.event(start_step, "data", max_length=recipe.data.max_length, too_long=recipe.data.too_long,
                   sources={s.name: s.report() for s in sources})
     if cfg.divergence_guard and not any(s.val for s in sources):
@@ -169,11 +168,12 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         if curriculum.transition:
             journal.event(step, "curriculum", **curriculum.transition)
         examples = source.next_examples(global_batch)
-        batches = micro_batches(examples, cfg.batch_size, batching)[rank::world]
+        micro = micro_batches(examples, cfg.batch_size, batching)
+        batches = micro[rank::world]
         target_tokens = sum(_target_count(e.labels) for e in examples)
         local_loss = torch.zeros((), device=accelerator.device)
         for i, batch_examples in enumerate(batches):
-            batch = {k: v.to(accelerator.device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()}
+            batch = to_device(collate(batch_examples, tokenizer.pad_token_id, batching), accelerator.device)
             sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(train_model)
             with sync, accelerator.autocast():
                 loss_sum = token_loss_sum(train_model, batch)
@@ -194,7 +194,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         seconds = time.perf_counter() - t0
         row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "source": source.name,
                "phase": curriculum.phase(step).name, "reward": reward, "tokens": tokens,
-               "tokens_per_s": tokens / seconds, "time": time.time()}
+               "tokens_per_s": tokens / seconds, "padding_waste": 0.0 if batching == "pack" else padding_waste(micro), "time": time.time()}
         metrics.write(row)
         accelerator.log({"train/loss": loss, "train/lr": row["lr"], "train/grad_norm": grad_norm,
                          "train/tokens_per_s": row["tokens_per_s"]}, step=done)
@@ -258,7 +258,7 @@ def _validation_loss(model, sources, batch_size: int, batching: str, pad_id: int
     for source in sources:
         loss_sum, count = 0.0, 0
         for batch_examples in micro_batches(source.val, batch_size, batching):
-            batch = {k: v.to(next(model.parameters()).device) for k, v in collate(batch_examples, pad_id).items()}
+            batch = to_device(collate(batch_examples, pad_id, batching), next(model.parameters()).device)
             loss_sum += token_loss_sum(model, batch).item()
             count += sum(_target_count(e.labels) for e in batch_examples)
         if count:
