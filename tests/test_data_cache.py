@@ -97,6 +97,15 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path, tok, monkeypatch):
     assert len(load_sources(data(path, tmp_path), tok, seed=0)[0].train) == 5
 
 
+def test_a_damaged_cache_is_rebuilt_not_read(tmp_path, tok, monkeypatch):
+    path = write(tmp_path / "a.jsonl", [{"text": f"doc {i} {LONG[: 30 * i]}"} for i in range(20)])
+    first = rows(load_sources(data(path, tmp_path), tok, seed=0)[0])
+    (arrow,) = (tmp_path / "cache").glob("*/rows.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:-100])  # a truncated file (a full disk, a killed copy)
+    calls = builds(monkeypatch)
+    assert rows(load_sources(data(path, tmp_path), tok, seed=0)[0]) == first and len(calls) == 1
+
+
 def test_windows_keep_every_token_of_a_long_document(tmp_path, tok):
     path = write(tmp_path / "a.jsonl", [{"text": LONG}, {"text": "short one"}])
     full = encode_prompt(tok, LONG) + [tok.eos_token_id]

@@ -83,5 +83,5 @@ def test_stream_errors_name_the_row_and_empty_streams_stop(tmp_path, tok):
     with pytest.raises(ToolkitError, match="messages\\[0\\]") as info:
         stream.next_examples(2)
     assert info.value.where == f"{bad}[row 1]"
-    with pytest.raises(ToolkitError, match="cannot be streamed"):
-        load_sources(DataConfig(sources=[SourceConfig(name="b", builtin="python-docs", streaming=True)]), tok, seed=0)
+    with pytest.raises(ValueError, match="cannot be streamed"):
+        SourceConfig(name="b", builtin="python-docs", streaming=True)

@@ -99,6 +99,9 @@ class SourceConfig(Section):
         given = [k for k in ("path", "dataset", "builtin") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"source '{self.name}' needs exactly one of path, dataset, builtin")
+        if self.streaming and self.builtin:
+            raise ValueError(f"source '{self.name}': a builtin corpus cannot be streamed (it is small; "
+                             "remove streaming: true)")
         return self
 
 

@@ -26,7 +26,7 @@ from toolkit.chat import template_kwargs
 from toolkit.data.tokenize import JSON_COLUMN, WHERE_COLUMN, TokenizeOptions, features, tokenize_batch
 from toolkit.errors import ToolkitError, first_line
 
-CACHE_VERSION = 1  # bump when the rows a build writes change for the same inputs
+CACHE_VERSION = 2  # bump when the rows a build writes change for the same inputs
 MANIFEST = "manifest.json"
 DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROWS_PER_PROCESS = 1000  # below this a source is tokenized in-process (a pool costs more than it saves)
@@ -57,9 +57,23 @@ def tokenized_rows(src, index: int, opts: TokenizeOptions, tokenizer, root: Path
     with FileLock(str(final) + ".lock"):
         if not (final / MANIFEST).is_file():
             _build(src, index, opts, tokenizer, final, key, num_proc)
-    files = json.loads((final / MANIFEST).read_text())["files"]
-    parts = [datasets.Dataset.from_file(str(final / f)) for f in files]
+        try:
+            parts = _open(final)
+        except Exception:  # a damaged cache (a truncated or edited file) is rebuilt, never trained on
+            _build(src, index, opts, tokenizer, final, key, num_proc)
+            parts = _open(final)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _open(final: Path) -> list:
+    """The cache's Arrow files, memory-mapped, after checking each one's size against the manifest."""
+    import datasets
+
+    manifest = json.loads((final / MANIFEST).read_text())
+    for name, size in manifest["sizes"].items():
+        if (final / name).stat().st_size != size:
+            raise ValueError(f"{final / name} has changed size")
+    return [datasets.Dataset.from_file(str(final / f)) for f in manifest["files"]]
 
 
 def _build(src, index: int, opts: TokenizeOptions, tokenizer, final: Path, key: str, num_proc: int | None) -> None:
@@ -76,7 +90,8 @@ def _build(src, index: int, opts: TokenizeOptions, tokenizer, final: Path, key: 
         del raw
         shutil.rmtree(building / "raw")
         files = sorted(p.name for p in building.glob("rows*.arrow"))
-        (building / MANIFEST).write_text(json.dumps({"files": files, "key": key}))
+        sizes = {f: (building / f).stat().st_size for f in files}
+        (building / MANIFEST).write_text(json.dumps({"files": files, "sizes": sizes, "key": key}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(building, final)  # complete or absent: a rename is atomic
     finally:

@@ -116,9 +116,6 @@ def open_stream(cfg, index: int):
     """A `datasets.IterableDataset` over a hub dataset or a file / directory of shards."""
     import datasets
 
-    if cfg.builtin:
-        raise ToolkitError("a builtin corpus cannot be streamed", key=f"data.sources.{index}.streaming",
-                           hint="builtin corpora are small: remove streaming: true")
     try:
         if cfg.dataset:
             return datasets.load_dataset(cfg.dataset, split=cfg.split, streaming=True)
