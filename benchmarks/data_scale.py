@@ -7,7 +7,8 @@ longer than max_length) is written to a scratch directory, and a pretraining rec
 loaded twice through `load_sources` — the path `toolkit pretrain` takes — each in a fresh process:
 the first start tokenizes into an empty cache (num_proc 2), the second maps what the first built.
 Printed per size: tokens/s of the first start, seconds of the second, peak RSS of each process and
-its tokenizer workers (ru_maxrss), and trained tokens per epoch against the corpus's tokens.
+its tokenizer workers (VmHWM; the workers' ru_maxrss), and trained tokens per epoch against the corpus's
+tokens (and what truncation to max_length, the behaviour before windows, kept).
 The tokenizer is the tiny-hybrid's byte-level BPE (8K vocabulary here) trained on a sample of the corpus.
 """
 
@@ -56,10 +57,18 @@ def child(corpus: str, tokenizer_dir: str, cache: str) -> None:
     start = time.perf_counter()
     (source,) = load_sources(data, tokenizer, seed=0, text_windows=True)
     seconds = time.perf_counter() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = peak_rss_mb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "rss_mb": own, "workers_rss_mb": workers, "stats": source.stats,
                       "train_rows": len(source.train)}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM; ru_maxrss would carry over the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def corpus_tokens(corpus: Path, tokenizer_dir: str) -> tuple[int, int]:

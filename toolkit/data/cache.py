@@ -30,7 +30,7 @@ CACHE_VERSION = 2  # bump when the rows a build writes change for the same input
 MANIFEST = "manifest.json"
 DATASETS_BUILDERS = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROWS_PER_PROCESS = 1000  # below this a source is tokenized in-process (a pool costs more than it saves)
-READ_CHUNK = 16 << 20
+READ_CHUNK = 1 << 20  # hashing reads a MiB at a time: memory stays flat in file size
 
 
 def cache_root(configured: str | None) -> Path:
