@@ -97,9 +97,9 @@ def test_exp3_prefers_the_best_arm(bandit):
 def test_forgetting_ucb_tracks_a_switch_that_plain_ucb1_misses(seed):
     """The best source degrades at draw 2,000 (0.9 -> 0.4) and another becomes best (0.3 -> 0.6),
     like loss-based rewards drifting down. Plain UCB1's old mean of ~0.9 over ~2,000 draws stays
-    above 0.6 for about 2,000 more draws; SW-UCB (window 500) and D-UCB (discount 0.995) forget it.
-    Over draws 2,501-4,000 (measured over 200 seeds): plain UCB1 0.09-0.44, SW-UCB 0.73-0.89,
-    D-UCB 0.67-0.82 of draws go to the new best arm."""
+    above 0.6 for about 2,000 more draws; UCB1 with a window of each arm's last 500 rewards and D-UCB
+    (discount 0.995) forget it. Over draws 2,501-4,000 (measured over 200 seeds): plain UCB1 0.09-0.47,
+    windowed 0.90-0.99, D-UCB 0.66-0.81 of draws go to the new best arm."""
     arms = ["old_best", "new_best"]
 
     def means_at(t):
@@ -149,15 +149,28 @@ def test_ucb1_keeps_stats_of_arms_not_offered_and_tries_a_new_arm_first():
     assert sampler.scores(["d"]) == {"d": math.inf}
 
 
-def test_sliding_window_forgets_an_arm_outside_the_window():
-    sampler, rng = UCB1Sampler(window=10), random.Random(0)
+def test_window_keeps_each_arms_last_rewards_and_counts_every_draw_for_n():
+    sampler = UCB1Sampler(window=3)
     _pull(sampler, "a", [1.0] * 3)
-    _pull(sampler, "b", [0.2] * 9)  # pushes "a"'s first two pulls out of the window
+    _pull(sampler, "b", [0.2] * 9)  # "b"'s own window: it does not push "a"'s rewards out
+    _pull(sampler, "a", [0.0, 0.0])  # but "a"'s own newer rewards do
     state = sampler.state_dict()
-    assert state["counts"] == {"a": 1.0, "b": 9.0} and len(state["history"]) == 10
-    _pull(sampler, "b", [0.2])
-    assert sampler.state_dict()["counts"]["a"] == 0.0
-    assert sampler.choose(["b", "a"], rng) == "a"  # zero effective count: tried again first
+    assert state["counts"] == {"a": 3.0, "b": 3.0} and state["pulls"] == {"a": 5, "b": 9}
+    assert state["recent"] == {"a": [1.0, 0.0, 0.0], "b": [0.2] * 3}
+    log_n = math.log(5 + 9)  # N: every draw, so an arm left alone is retried as N grows
+    assert sampler.scores(["a", "b"])["a"] == pytest.approx(1 / 3 + math.sqrt(2) * math.sqrt(log_n / 3))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_window_100_draws_the_best_of_5_arms_90_percent_after_2000_draws(seed):
+    """Issue 13: SW-UCB's shared window of the last 100 draws gave the best of these arms 48% of draws
+    2,001-4,000 (a weaker arm's few draws in the window carry confidence terms larger than any gap).
+    Means 0.1/0.3/0.5/0.7/0.9: plain UCB1 needs gaps this wide to reach 90% (MIN_GAP above).
+    Measured over 200 seeds: 98.1-100%."""
+    means = [0.1, 0.3, 0.5, 0.7, 0.9]
+    arms = [f"source_{i}" for i in range(len(means))]
+    picks = _run_bandit(UCB1Sampler(window=100), arms, lambda t: means, seed)
+    assert _share(picks, arms[-1], 2000, 4000) >= 0.9
 
 
 def test_discounted_counts_shrink_on_every_update():
@@ -248,14 +261,15 @@ def test_loading_another_ucb1_variants_state_raises():
         UCB1Sampler().load_state_dict(UCB1Sampler(window=10).state_dict())
 
 
-def test_a_smaller_window_on_resume_drops_the_oldest_updates():
+def test_a_smaller_window_on_resume_drops_each_arms_oldest_rewards():
     before = UCB1Sampler(window=10)
-    _pull(before, "a", [1.0] * 4)
+    _pull(before, "a", [1.0, 1.0, 0.0, 0.0])
     _pull(before, "b", [0.0] * 4)
-    after = UCB1Sampler(window=5)
+    after = UCB1Sampler(window=3)
     after.load_state_dict(before.state_dict())
     state = after.state_dict()
-    assert state["counts"] == {"a": 1.0, "b": 4.0} and len(state["history"]) == 5
+    assert state["counts"] == {"a": 3.0, "b": 3.0} and state["sums"] == {"a": 1.0, "b": 0.0}
+    assert state["recent"] == {"a": [1.0, 0.0, 0.0], "b": [0.0] * 3} and state["pulls"] == {"a": 4, "b": 4}
 
 
 def _empirical_shares(sampler, arms, draws=10_000, seed=3):

@@ -7,6 +7,8 @@
 
 Raw rewards drift in scale as training goes, so they are mapped to [0, 1] by the 20th and 80th
 percentiles of the recent raw rewards (Graves et al.'s rescaling): one UCB `c` serves every reward.
+When those percentiles meet (pass/fail scores once more than 80% of draws pass), the whole recent
+range stands in for them, so a 0 and a 1 still reach the bandit as 0 and 1, not both as one constant.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import deque
 from toolkit.errors import ToolkitError
 
 LOSS_EMA = 0.3  # weight of the newest loss in a source's running loss
+NO_SPREAD = 1e-12  # a range narrower than this cannot tell rewards apart
 
 
 class RewardScaler:
@@ -29,8 +32,13 @@ class RewardScaler:
     def __call__(self, raw: float) -> float:
         self._add(raw)
         low, high = self._quantile(0.2), self._quantile(0.8)
-        if high - low < 1e-12:
-            return 0.5
+        if high - low < NO_SPREAD:
+            # more than 60% of recent rewards are one value: a constant here would blind the bandit.
+            # The full range keeps them apart at full size (0/1 stay 0/1), which a rank would not:
+            # midranks shrink the gap and shift with the other arms' pass rates.
+            low, high = self.ordered[0], self.ordered[-1]
+        if high - low < NO_SPREAD:  # every recent reward equal: nothing to compare it with
+            return raw if 0.0 <= raw <= 1.0 else 0.5
         return min(max((raw - low) / (high - low), 0.0), 1.0)
 
     def _add(self, raw: float) -> None:

@@ -110,9 +110,15 @@ class UCB1Sampler:
     """UCB1 (Auer et al. 2002): pick the highest mean + c * sqrt(ln N / n_i).
 
     Loss-based rewards drift as training goes, so two forgetting variants exist:
-    `window` (SW-UCB, Garivier & Moulines 2011) keeps only the last `window` updates across all
-    arms; `discount` (D-UCB) shrinks every arm's count and sum by that factor on each update.
-    Counts are then "effective" counts, possibly fractional.
+    `window` keeps each arm's last `window` rewards: its mean and n_i come from those, while N counts
+    every update, so an arm left alone is retried at UCB1's own pace as N grows. The window is per
+    arm, not SW-UCB's last `window` draws across arms (Garivier & Moulines 2011): there each weaker
+    arm has only a few draws in the window, whose confidence terms (c * sqrt(ln 100 / 2.5) = 1.9 at
+    window 100, c = sqrt(2)) outweigh any gap in [0, 1]: SW-UCB spreads its draws (48% to the best of
+    5 arms 0.1/0.3/.../0.9, measured) where each arm's own window still finds it. A drawn source's
+    reward drifts because it is drawn (the model learns it), and its own window follows that.
+    `discount` (D-UCB) shrinks every arm's count and sum by that factor on each update: its counts
+    are "effective" counts, fractional.
     """
 
     kind = "ucb1"
@@ -131,20 +137,22 @@ class UCB1Sampler:
         self.discount = discount
         self._counts: dict[str, float] = {}
         self._sums: dict[str, float] = {}
-        self._history: deque[tuple[str, float]] = deque()  # (arm, reward); used only with a window
+        self._recent: dict[str, deque[float]] = {}  # with a window: each arm's last `window` rewards
+        self._pulls: dict[str, int] = {}  # with a window: every update of each arm, for N
 
     @property
     def variant(self) -> str:
-        return "sliding-window" if self.window is not None else "discounted" if self.discount is not None else "plain"
+        return "per-arm-window" if self.window is not None else "discounted" if self.discount is not None else "plain"
 
     def _indices(self, arms: list[str]) -> dict[str, float]:
+        totals = self._pulls if self.window is not None else self._counts
         # a total under 1 (only D-UCB's fractional counts get there) would give a negative ln
-        log_total = math.log(max(sum(self._counts.get(arm, 0.0) for arm in arms), 1.0))
+        log_total = math.log(max(sum(totals.get(arm, 0.0) for arm in arms), 1.0))
         indices = {}
         for arm in arms:
             n = self._counts.get(arm, 0.0)
             if n <= 0.0:
-                indices[arm] = math.inf  # untried (or forgotten): try it before anything else
+                indices[arm] = math.inf  # untried: try it before anything else
             else:
                 indices[arm] = self._sums[arm] / n + self.c * math.sqrt(log_total / n)
         return indices
@@ -160,17 +168,17 @@ class UCB1Sampler:
                 self._counts[name] *= self.discount
                 self._sums[name] *= self.discount
         elif self.window is not None:
-            while len(self._history) >= self.window:
-                self._forget_oldest()
-            self._history.append((arm, reward))
+            recent = self._recent.setdefault(arm, deque())
+            while len(recent) >= self.window:
+                self._forget_oldest(arm)
+            recent.append(reward)
+            self._pulls[arm] = self._pulls.get(arm, 0) + 1
         self._counts[arm] = self._counts.get(arm, 0.0) + 1.0
         self._sums[arm] = self._sums.get(arm, 0.0) + reward
 
-    def _forget_oldest(self) -> None:
-        old_arm, old_reward = self._history.popleft()
-        self._counts[old_arm] -= 1.0
-        # exact 0 once an arm leaves the window, so float residue cannot fake a mean
-        self._sums[old_arm] = self._sums[old_arm] - old_reward if self._counts[old_arm] > 0 else 0.0
+    def _forget_oldest(self, arm: str) -> None:
+        self._counts[arm] -= 1.0
+        self._sums[arm] -= self._recent[arm].popleft()
 
     def scores(self, arms: list[str]) -> dict[str, float]:
         """The UCB index of each arm; math.inf for an arm with no (effective) pulls."""
@@ -182,7 +190,8 @@ class UCB1Sampler:
             "variant": self.variant,
             "counts": dict(self._counts),
             "sums": dict(self._sums),
-            "history": [[arm, reward] for arm, reward in self._history],
+            "recent": {arm: list(rewards) for arm, rewards in self._recent.items()},
+            "pulls": dict(self._pulls),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -192,9 +201,12 @@ class UCB1Sampler:
             raise ValueError(f"state of a {state.get('variant')} UCB1 cannot load into a {self.variant} UCB1")
         self._counts = {arm: float(n) for arm, n in state["counts"].items()}
         self._sums = {arm: float(s) for arm, s in state["sums"].items()}
-        self._history = deque((arm, reward) for arm, reward in state["history"])
-        while self.window is not None and len(self._history) > self.window:
-            self._forget_oldest()  # the recipe shrank the window since the checkpoint
+        # a plain or discounted state from before windows were per arm has neither: nothing to load
+        self._recent = {arm: deque(float(r) for r in rewards) for arm, rewards in state.get("recent", {}).items()}
+        self._pulls = {arm: int(n) for arm, n in state.get("pulls", {}).items()}
+        for arm, recent in self._recent.items():
+            while len(recent) > self.window:
+                self._forget_oldest(arm)  # the recipe shrank the window since the checkpoint
 
 
 class EXP3Sampler:
