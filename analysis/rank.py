@@ -1,17 +1,26 @@
 """Effective rank of LoRA adapters, subspace similarity between two runs, and a truncation sweep.
 
 For each adapted module the delta is ΔW = scale · B @ A (scale = alpha/r, or alpha/sqrt(r) with rslora).
-Per module: singular values, entropy effective rank exp(H(p)) with p = σ/Σσ (Roy & Vetterli 2007),
-stable rank ‖ΔW‖_F²/σ_max², and the energy Σ_{i≤k} σ_i²/Σσ² captured at k = 8, 16, 32, 64.
+Per module: singular values, the numerical rank, entropy effective rank exp(H(p)) with p = σ/Σσ (Roy & Vetterli
+2007), stable rank ‖ΔW‖_F²/σ_max², and the energy Σ_{i≤k} σ_i²/Σσ² captured at k = 8, 16, 32, 64.
 
-Given two runs of the same recipe at different ranks (`toolkit analyze rank RUN_A RUN_B`): the Grassmann
-similarity (mean cos² of the principal angles) between their top-k left and right singular subspaces.
+The numerical rank is the delta's, not the LoRA r: a singular value counts when it exceeds the noise that
+storing the factors in their dtype puts into B @ A (`factor_tolerance`: the noise's expected Frobenius norm,
+√((u_B² + u_A²)/3 · Σ_k ‖B[:, k]‖²‖A[k]‖²) with u = eps/2 of each factor's stored dtype). A rank-4 delta stored
+as dense fp32 r = 64 factors has 60 more singular values around 1e-8 σ_max; float64's eps would count them all.
+A dense delta (`rank_profile`) uses numpy's matrix_rank convention σ_max · max(m, n) · eps, with the eps of its
+own dtype.
 
-Truncation sweep: the higher-rank run's deltas cut to their top k singular directions (k = 8 … 256, up to
-its rank) are added to the base model, and the loss on the behavior data (the run's validation examples,
-or `--data` JSONL) is compared with the base and full-adapter losses:
+Given two runs (`toolkit analyze rank RUN_A RUN_B`): the Grassmann similarity (mean cos² of the principal angles)
+between their top-k left and right singular subspaces, k = the smaller measured rank (at most 64), beside its
+chance level k/n (± sd √2(n−k)/(n√((n−1)(n+2)))) for random k-dim subspaces of R^n.
+
+Truncation sweep: the higher-rank run's deltas cut to their top k singular directions (k = 8 … 256 below its r,
+its measured rank, and r) are added to the base model, and the loss on the behavior data (the run's validation
+examples, or `--data` JSONL) is compared with the base and full-adapter losses:
 retained(k) = (loss_base − loss_k) / (loss_base − loss_full).
-Verdict: rank 64 would have sufficed when retained(64) ≥ RETAIN_THRESHOLD (0.9).
+Verdict: the measured rank and the share of the delta's energy it holds, the smallest swept k that retains
+≥ RETAIN_THRESHOLD (0.9) of the gain (what would have sufficed), and whether rank 64 would have.
 
 SVDs use the factors (QR of B and Aᵀ, then an r×r SVD), so no dense ΔW is formed for the report; the
 truncated deltas are applied as float32 low-rank forward hooks on the base Linear layers (exactly a
@@ -98,9 +107,9 @@ def adapter_tensors(adapter: Path) -> dict[str, torch.Tensor]:
     return read_adapter_weights(Path(adapter))
 
 
-def lora_factors(run_or_adapter: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module name (as in the base model) -> (scale·B [out, r], A [r, in]), float64 on CPU: the layer's output
-    changes by x @ (B @ A)ᵀ. (Conv1D layers, fan_in_fan_out, store their weight as the transpose.)"""
+def read_factors(run_or_adapter: str | Path) -> tuple[dict, dict]:
+    """(lora_factors, {module: (dtype of lora_B, dtype of lora_A) as stored}): the storage dtypes set the rounding
+    floor below which a singular value of B @ A is noise (`factor_tolerance`)."""
     adapter = find_adapter(run_or_adapter)
     config = _adapter_config(adapter)
     alpha = float(config.get("lora_alpha", config.get("r", 8)))
@@ -109,20 +118,27 @@ def lora_factors(run_or_adapter: str | Path) -> dict[str, tuple[torch.Tensor, to
         match = _LORA_KEY.fullmatch(key)
         if match is None:  # GDN gates, DoRA magnitudes, modules_to_save, embedding LoRA
             continue
-        module = match["module"].removeprefix(_PREFIX)
-        pieces.setdefault(module, {})[match["which"]] = tensor.to(torch.float64)
-    factors = {}
+        pieces.setdefault(match["module"].removeprefix(_PREFIX), {})[match["which"]] = tensor
+    factors, dtypes = {}, {}
     for module, ab in pieces.items():
         if set(ab) != {"A", "B"}:
             raise ToolkitError(f"module {module} has lora_{next(iter(ab))} but not its partner",
                                where=str(adapter / ADAPTER_WEIGHTS))
-        a, b = ab["A"], ab["B"]
+        a, b = ab["A"].to(torch.float64), ab["B"].to(torch.float64)
         r = a.shape[0]  # per module (peft's rank_pattern); alpha_pattern is not used by this toolkit
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
         factors[module] = (b * scale, a)
+        dtypes[module] = (ab["B"].dtype, ab["A"].dtype)
     if not factors:
         raise ToolkitError("the adapter holds no lora_A/lora_B weights", where=str(adapter / ADAPTER_WEIGHTS))
-    return dict(sorted(factors.items(), key=lambda kv: _natural_key(kv[0])))
+    order = sorted(factors, key=_natural_key)
+    return {m: factors[m] for m in order}, {m: dtypes[m] for m in order}
+
+
+def lora_factors(run_or_adapter: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name (as in the base model) -> (scale·B [out, r], A [r, in]), float64 on CPU: the layer's output
+    changes by x @ (B @ A)ᵀ. (Conv1D layers, fan_in_fan_out, store their weight as the transpose.)"""
+    return read_factors(run_or_adapter)[0]
 
 
 def lora_deltas(run_or_adapter: str | Path) -> dict[str, torch.Tensor]:
@@ -176,6 +192,17 @@ def module_type(name: str) -> str:
 # ---------------------------------------------------------------- spectra
 
 
+@contextmanager
+def _one_thread():
+    """Many small factorizations (r columns): threads only synchronize, 1000x slower on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def low_rank_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD of b @ a ([out, r] @ [r, in]) without forming it: U [out, r], S [r], Vh [r, in]."""
     qb, rb = torch.linalg.qr(b)
@@ -184,39 +211,59 @@ def low_rank_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.
     return qb @ u, s, vh @ qa.T
 
 
-def _nonzero(s: torch.Tensor, shape) -> torch.Tensor:
-    """Singular values above numerical noise (numpy's matrix_rank tolerance), descending."""
+def dense_tolerance(s_max: float, shape, dtype: torch.dtype = torch.float64) -> float:
+    """numpy/LAPACK matrix_rank's tolerance σ_max · max(m, n) · eps, with the eps of the dtype the matrix was
+    stored in (a float32 delta read as float64 still carries float32 rounding)."""
+    return float(s_max) * max(shape) * torch.finfo(dtype).eps
+
+
+def factor_tolerance(b: torch.Tensor, a: torch.Tensor, dtypes: tuple | None = None) -> float:
+    """The size of the noise that storing B and A in their dtypes puts into B @ A: singular values at or below it
+    cannot be told from rounding.
+
+    Rounding stores x as x(1 + δ), |δ| ≤ u = eps/2. With the δ independent and uniform (the probabilistic model of
+    rounding error, Higham & Mary 2019) the noise N = E_B·A + B·E_A has E‖N‖_F² = (u_B² + u_A²)/3 ·
+    Σ_k ‖B[:, k]‖²‖A[k]‖², and no singular value moves further than ‖N‖₂ ≤ ‖N‖_F (Weyl). The rounding noise's
+    own singular values sit 5-10x below it; the worst-case bound u(‖B‖_F‖A‖₂ + ‖B‖₂‖A‖_F) is 10x above and would
+    cut real directions of bf16 factors. numpy's tolerance for the float64 SVD itself is the floor."""
+    dtype_b, dtype_a = dtypes or (b.dtype, a.dtype)
+    u_b, u_a = torch.finfo(dtype_b).eps / 2, torch.finfo(dtype_a).eps / 2
+    weight = float(b.square().sum(0) @ a.square().sum(1))  # Σ_k ‖B[:, k]‖²‖A[k]‖²
+    noise = math.sqrt((u_b ** 2 + u_a ** 2) / 3 * weight)
+    return max(noise, dense_tolerance(float(b.norm() * a.norm()), (b.shape[0], a.shape[1])))  # ‖B‖_F‖A‖_F ≥ σ_max
+
+
+def profile_from_singular_values(s: torch.Tensor, shape, tolerance: float | None = None) -> dict:
+    """rank_profile from descending singular values of a matrix of `shape` (all of them: `energy_in_rank` is a
+    share of Σσ²). `rank` counts σ > tolerance (default: numpy's for float64); the other figures use those σ."""
     s = s.to(torch.float64)
-    if not len(s) or s[0] <= 0:
-        return s[:0]
-    tol = s[0] * max(shape) * torch.finfo(torch.float64).eps
-    return s[s > tol]
-
-
-def profile_from_singular_values(s: torch.Tensor, shape) -> dict:
-    """rank_profile from descending singular values of a matrix of `shape`."""
-    s = _nonzero(s, shape)
+    total = float(s.square().sum())
+    if total > 0.0 and tolerance is None:
+        tolerance = dense_tolerance(s[0], shape)
+    s = s[s > tolerance] if total > 0.0 else s[:0]
+    if not len(s):  # a zero delta, or nothing above the noise
+        return {"rank": 0, "tolerance": tolerance or 0.0, "singular_values": [], "effective_rank": 0.0,
+                "stable_rank": 0.0, "energy_in_rank": 0.0 if total else 1.0, "energy": {str(k): 1.0 for k in ENERGY_KS}}
     energy = s.square()
-    total = float(energy.sum())
-    if total == 0.0:
-        return {"rank": 0, "singular_values": [], "effective_rank": 0.0, "stable_rank": 0.0,
-                "energy": {str(k): 1.0 for k in ENERGY_KS}}
     p = s / s.sum()
-    entropy = float(-(p * p.log()).sum())
-    cumulative = energy.cumsum(0) / total
+    cumulative = energy.cumsum(0) / energy.sum()
     return {
         "rank": len(s),
+        "tolerance": tolerance,
         "singular_values": [float(v) for v in s[:STORED_SINGULAR_VALUES]],
-        "effective_rank": math.exp(entropy),  # Roy & Vetterli 2007
-        "stable_rank": total / float(energy[0]),
+        "effective_rank": math.exp(float(-(p * p.log()).sum())),  # Roy & Vetterli 2007
+        "stable_rank": float(energy.sum() / energy[0]),
+        "energy_in_rank": float(energy.sum()) / total,  # what the noise directions leave: 1 - 1e-14 in fp32
         "energy": {str(k): float(cumulative[min(k, len(s)) - 1]) for k in ENERGY_KS},
     }
 
 
 def rank_profile(delta: torch.Tensor) -> dict:
-    """Singular values (top 64), entropy effective rank, stable rank, energy captured at k = 8/16/32/64."""
-    delta = delta.to(torch.float64)
-    return profile_from_singular_values(torch.linalg.svdvals(delta), tuple(delta.shape))
+    """Singular values (top 64), numerical rank (numpy's tolerance with the eps of delta's dtype), entropy
+    effective rank, stable rank, energy captured at k = 8/16/32/64."""
+    s = torch.linalg.svdvals(delta.to(torch.float64))
+    tolerance = dense_tolerance(s[0], tuple(delta.shape), delta.dtype) if len(s) else None
+    return profile_from_singular_values(s, tuple(delta.shape), tolerance)
 
 
 def _grassmann(basis_a: torch.Tensor, basis_b: torch.Tensor, k: int) -> float:
@@ -225,37 +272,52 @@ def _grassmann(basis_a: torch.Tensor, basis_b: torch.Tensor, k: int) -> float:
     return float(cosines.clamp(max=1.0).square().mean())
 
 
+def chance_similarity(k: int, n: int) -> tuple[float, float]:
+    """Mean and sd of the Grassmann similarity between a k-dim subspace of R^n and a uniformly random one:
+    E tr(P_a P_b)/k = k/n, and Var tr(P_a P_b) = 2k²(n−k)² / (n²(n−1)(n+2))."""
+    sd = math.sqrt(2) * (n - k) / (n * math.sqrt((n - 1) * (n + 2))) if n > 1 else 0.0
+    return k / n, sd
+
+
 def subspace_similarity(delta_a: torch.Tensor, delta_b: torch.Tensor, k: int | None = None) -> dict:
     """Grassmann similarity of the top-k left (column) and right (row) singular subspaces of two deltas.
 
     Cosines of the principal angles are the singular values of U_a[:, :k]ᵀ U_b[:, :k]; the result is their mean
-    square (1: same subspace, 0: orthogonal; `chance` is k/n, the expectation for random subspaces).
-    k defaults to min(rank_a, rank_b, 64)."""
+    square (1: same subspace, 0: orthogonal; `chance` ± `chance_sd` is what random k-dim subspaces give).
+    k defaults to the smaller measured rank (numpy's tolerance for each delta's dtype), at most 64."""
     if delta_a.shape != delta_b.shape:
         raise ValueError(f"deltas of different shapes: {tuple(delta_a.shape)} vs {tuple(delta_b.shape)}")
     ua, sa, vha = torch.linalg.svd(delta_a.to(torch.float64), full_matrices=False)
     ub, sb, vhb = torch.linalg.svd(delta_b.to(torch.float64), full_matrices=False)
-    rank_a, rank_b = len(_nonzero(sa, delta_a.shape)), len(_nonzero(sb, delta_b.shape))
-    return _similarity(ua, vha, rank_a, ub, vhb, rank_b, k)
+    return _similarity(ua, vha, _dense_rank(sa, delta_a), ub, vhb, _dense_rank(sb, delta_b), k)
+
+
+def _dense_rank(s: torch.Tensor, delta: torch.Tensor) -> int:
+    return int((s > dense_tolerance(s[0], tuple(delta.shape), delta.dtype)).sum()) if len(s) and s[0] > 0 else 0
 
 
 def _similarity(ua, vha, rank_a, ub, vhb, rank_b, k=None) -> dict:
     k = min(rank_a, rank_b, SIMILARITY_MAX_K) if k is None else min(k, rank_a, rank_b)
     if k < 1:
-        return {"k": 0, "left": None, "right": None, "chance_left": None, "chance_right": None}
+        return {"k": 0, "left": None, "right": None, "chance_left": None, "chance_right": None,
+                "chance_left_sd": None, "chance_right_sd": None}
+    chance_left, sd_left = chance_similarity(k, ua.shape[0])
+    chance_right, sd_right = chance_similarity(k, vha.shape[1])
     return {"k": k, "left": _grassmann(ua, ub, k), "right": _grassmann(vha.T, vhb.T, k),
-            "chance_left": k / ua.shape[0], "chance_right": k / vha.shape[1]}
+            "chance_left": chance_left, "chance_right": chance_right,
+            "chance_left_sd": sd_left, "chance_right_sd": sd_right}
 
 
 def truncate_factors(factors: dict, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each module's (B, A) cut to its top-k singular directions; modules of rank ≤ k are kept exactly."""
     out = {}
-    for name, (b, a) in factors.items():
-        if k >= b.shape[1]:
-            out[name] = (b, a)
-            continue
-        u, s, vh = low_rank_svd(b, a)
-        out[name] = (u[:, :k] * s[:k], vh[:k])
+    with _one_thread():
+        for name, (b, a) in factors.items():
+            if k >= b.shape[1]:
+                out[name] = (b, a)
+                continue
+            u, s, vh = low_rank_svd(b, a)
+            out[name] = (u[:, :k] * s[:k], vh[:k])
     return out
 
 
@@ -269,26 +331,48 @@ def truncate_adapter(run_or_adapter: str | Path, k: int) -> dict[str, torch.Tens
 # ---------------------------------------------------------------- profiles of a run
 
 
+def spectra(factors: dict, dtypes: dict) -> dict[str, tuple]:
+    """Module -> (U, S, Vh, rank tolerance) of each delta B @ A, from the factors (no dense ΔW)."""
+    with _one_thread():
+        return {name: (*low_rank_svd(b, a), factor_tolerance(b, a, dtypes.get(name)))
+                for name, (b, a) in factors.items()}
+
+
+def measured_rank(spectra_: dict) -> tuple[int, float]:
+    """(the largest numerical rank over modules, the share of all modules' energy Σσ² in each one's top that-many
+    directions)."""
+    rank = max((int((s > tol).sum()) for _, s, _, tol in spectra_.values()), default=0)
+    total = sum(float(s.square().sum()) for _, s, _, _ in spectra_.values())
+    kept = sum(float(s[:rank].square().sum()) for _, s, _, _ in spectra_.values())
+    return rank, (kept / total if total > 0 else 1.0)
+
+
 def adapter_profile(run_or_adapter: str | Path) -> tuple[dict, dict]:
-    """(report section, {module: (U, S, Vh, rank)}) for one adapter."""
+    """(report section, {module: (U, Vh, rank)}) for one adapter; ranks are numerical at the factors' storage
+    precision (`factor_tolerance`), not the LoRA r."""
     adapter = find_adapter(run_or_adapter)
     config = _adapter_config(adapter)
+    factors, dtypes = read_factors(adapter)
+    svds = spectra(factors, dtypes)
     modules, bases = {}, {}
-    for name, (b, a) in lora_factors(adapter).items():
-        u, s, vh = low_rank_svd(b, a)
+    for name, (b, a) in factors.items():
+        u, s, vh, tolerance = svds[name]
         shape = (b.shape[0], a.shape[1])
-        profile = profile_from_singular_values(s, shape)
-        modules[name] = {"type": module_type(name), "shape": list(shape), "r": b.shape[1], **profile}
+        profile = profile_from_singular_values(s, shape, tolerance)
+        modules[name] = {"type": module_type(name), "shape": list(shape), "r": b.shape[1],
+                         "dtype": "/".join(sorted({str(d).removeprefix("torch.") for d in dtypes[name]})), **profile}
         bases[name] = (u, vh, profile["rank"])
+    rank, energy = measured_rank(svds)
     section = {"path": str(run_or_adapter), "adapter": str(adapter), "r": config.get("r"),
                "lora_alpha": config.get("lora_alpha"), "use_rslora": bool(config.get("use_rslora")),
-               "max_rank": max(m["r"] for m in modules.values()),
-               "summary": _summarize(modules), "modules": modules}
+               "max_rank": max(m["r"] for m in modules.values()), "measured_rank": rank,
+               "energy_in_measured_rank": energy, "summary": _summarize(modules), "modules": modules}
     return section, bases
 
 
 def _summarize(modules: dict) -> dict:
-    """Per module type: count, mean/median effective rank, mean stable rank, mean energy at each k."""
+    """Per module type: count, max/median numerical rank, mean/median effective rank, mean stable rank, mean
+    energy at each k."""
     groups: dict[str, list[dict]] = {}
     for m in modules.values():
         groups.setdefault(m["type"], []).append(m)
@@ -296,8 +380,11 @@ def _summarize(modules: dict) -> dict:
     for kind in sorted(groups, key=lambda t: ("attention", "gdn", "mlp", "other").index(t)):
         ms = groups[kind]
         eranks = torch.tensor([m["effective_rank"] for m in ms], dtype=torch.float64)
+        ranks = torch.tensor([float(m["rank"]) for m in ms], dtype=torch.float64)
         summary[kind] = {
             "modules": len(ms),
+            "rank_max": int(ranks.max()),
+            "rank_median": float(ranks.median()),
             "effective_rank_mean": float(eranks.mean()),
             "effective_rank_median": float(eranks.median()),
             "stable_rank_mean": sum(m["stable_rank"] for m in ms) / len(ms),
@@ -323,7 +410,9 @@ def _compare(bases_a: dict, bases_b: dict) -> dict:
         if rows:
             summary[kind] = {"modules": len(rows), "left_mean": sum(m["left"] for m in rows) / len(rows),
                              "right_mean": sum(m["right"] for m in rows) / len(rows),
-                             "chance_left_mean": sum(m["chance_left"] for m in rows) / len(rows)}
+                             "chance_left_mean": sum(m["chance_left"] for m in rows) / len(rows),
+                             "chance_right_mean": sum(m["chance_right"] for m in rows) / len(rows),
+                             "k_max": max(m["k"] for m in rows)}
     only = sorted(set(bases_a) ^ set(bases_b))
     return {"modules_compared": len(common), "modules_in_one_only": only, "summary": summary, "modules": modules}
 
@@ -474,12 +563,14 @@ def _delta_hook(b: torch.Tensor, a: torch.Tensor):
 
 
 def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None) -> dict:
-    """Behavior retained by the top-k directions of each delta, k = 8 … 256 up to the run's rank, and its rank."""
+    """Behavior retained by the top-k directions of each delta, k = 8 … 256 below the LoRA r, the measured rank and
+    r itself. `rank` is the LoRA r (the largest over modules); `measured_rank` the largest numerical rank."""
     adapter = find_adapter(run_or_adapter)
-    factors = lora_factors(adapter)
+    factors, dtypes = read_factors(adapter)
     gates = _gates(adapter)
     rank = max(b.shape[1] for b, _ in factors.values())
-    ks = [k for k in SWEEP_KS if k < rank] + [rank]
+    measured, energy = measured_rank(spectra(factors, dtypes))
+    ks = sorted({k for k in SWEEP_KS if k < rank} | {k for k in (measured, rank) if k >= 1})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, loaded = _load_base(adapter, device)
     examples, described, batch_size, skipped = _behavior_examples(loaded, tokenizer, Path(data) if data else None)
@@ -495,37 +586,54 @@ def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None)
         loss_k = loss_full if k >= rank else loss_with(truncate_factors(factors, k))
         retained = (loss_base - loss_k) / gap if abs(gap) >= MIN_LOSS_GAP else None
         sweep.append({"k": k, "loss": loss_k, "retained": retained})
-    return {"run": str(run_or_adapter), "rank": rank, "data": described, "examples": len(examples),
-            "skipped": skipped, "loss_base": loss_base, "loss_full": loss_full, "gates_applied": sorted(gates),
-            "sweep": sweep}
+    return {"run": str(run_or_adapter), "rank": rank, "measured_rank": measured, "energy_in_measured_rank": energy,
+            "data": described, "examples": len(examples), "skipped": skipped, "loss_base": loss_base,
+            "loss_full": loss_full, "gates_applied": sorted(gates), "sweep": sweep}
+
+
+def _measured_text(truncation: dict) -> str:
+    r, measured = truncation["rank"], truncation.get("measured_rank", truncation["rank"])
+    energy = truncation.get("energy_in_measured_rank")
+    carries = f" carries {energy:.1%} of the delta's energy" if energy is not None else ""
+    return f"Rank {measured} of r = {r}{carries} (numerical rank at the factors' storage precision)."
 
 
 def verdict(truncation: dict, threshold: float = RETAIN_THRESHOLD) -> dict:
-    """Would rank 64 have sufficed? Yes when retained(64) ≥ threshold (rank ≤ 64 suffices trivially)."""
-    rank, sweep = truncation["rank"], truncation["sweep"]
+    """The measured rank, the smallest swept k whose top-k truncation retains ≥ threshold of the loss gain (the
+    rank that would have sufficed), and whether rank 64 would have (`suffices`)."""
+    r, sweep = truncation["rank"], truncation["sweep"]
     gap = truncation["loss_base"] - truncation["loss_full"]
-    rule = (f"rank {VERDICT_RANK} suffices when its top-{VERDICT_RANK} truncation retains ≥ {threshold:.0%} "
-            "of the loss gain")
+    rule = (f"the smallest swept k whose top-k truncation retains ≥ {threshold:.0%} of the loss gain would have "
+            f"sufficed; rank {VERDICT_RANK} suffices when that k ≤ {VERDICT_RANK}")
+    head = _measured_text(truncation)
+    result = {"rule": rule, "threshold": threshold, "r": r, "measured_rank": truncation.get("measured_rank", r),
+              "sufficient_rank": None, "suffices": None}
     if abs(gap) < MIN_LOSS_GAP:
-        text = (f"Cannot tell: the full adapter moves the behavior loss by only {gap:+.2g} (base "
-                f"{truncation['loss_base']:.4f}, adapter {truncation['loss_full']:.4f}), "
-                "too little to measure retention.")
-        return {"rule": rule, "threshold": threshold, "suffices": None, "text": text}
+        text = (f"Cannot tell what would have sufficed: the full adapter moves the behavior loss by only {gap:+.2g} "
+                f"(base {truncation['loss_base']:.4f}, adapter {truncation['loss_full']:.4f}), too little to measure "
+                "retention.")
+        return {**result, "text": f"{head} {text}"}
     if gap < 0:
-        text = (f"Cannot tell: the adapter makes the behavior loss worse ({truncation['loss_base']:.4f} -> "
-                f"{truncation['loss_full']:.4f}), so there is no gain to retain; check the data.")
-        return {"rule": rule, "threshold": threshold, "suffices": None, "text": text}
-    smallest = next((row["k"] for row in sweep if row["retained"] is not None and row["retained"] >= threshold), None)
-    tail = f" The smallest k that retains ≥ {threshold:.0%} is {smallest}." if smallest is not None else ""
-    if rank <= VERDICT_RANK:
-        text = (f"Rank {VERDICT_RANK} suffices: this adapter's rank is already {rank} ≤ {VERDICT_RANK}.{tail}")
-        return {"rule": rule, "threshold": threshold, "suffices": True, "text": text}
-    retained = next(row["retained"] for row in sweep if row["k"] == VERDICT_RANK)
-    suffices = retained >= threshold
-    text = (f"Rank {VERDICT_RANK} would {'' if suffices else 'not '}have sufficed: the top {VERDICT_RANK} directions "
-            f"of the rank-{rank} adapter retain {retained:.0%} of its loss gain on the behavior data "
-            f"(threshold {threshold:.0%}).{tail}")
-    return {"rule": rule, "threshold": threshold, "suffices": suffices, "text": text}
+        text = (f"Cannot tell what would have sufficed: the adapter makes the behavior loss worse "
+                f"({truncation['loss_base']:.4f} -> {truncation['loss_full']:.4f}), so there is no gain to retain; "
+                "check the data.")
+        return {**result, "text": f"{head} {text}"}
+    retained = {row["k"]: row["retained"] for row in sweep if row["retained"] is not None}
+    smallest = min((k for k, v in retained.items() if v >= threshold), default=None)
+    below = max((k for k in retained if k < r), default=None)
+    if smallest is not None and smallest < r:
+        text = (f"r = {smallest} would have sufficed: its top-{smallest} truncation retains "
+                f"{retained[smallest]:.0%} of the loss gain on the behavior data (threshold {threshold:.0%}).")
+    elif below is not None:
+        text = (f"No smaller rank would have sufficed: the top {below} directions retain {retained[below]:.0%} of the "
+                f"loss gain on the behavior data (threshold {threshold:.0%}).")
+    else:
+        text = f"r = {r} is the smallest rank the sweep tried."
+    suffices = smallest is not None and smallest <= VERDICT_RANK
+    if r > VERDICT_RANK and not suffices and VERDICT_RANK in retained:
+        text += (f" Rank {VERDICT_RANK} would not have sufficed: its top-{VERDICT_RANK} truncation retains "
+                 f"{retained[VERDICT_RANK]:.0%}.")
+    return {**result, "sufficient_rank": smallest, "suffices": suffices, "text": f"{head} {text}"}
 
 
 # ---------------------------------------------------------------- the report
@@ -567,24 +675,30 @@ def render_markdown(report: dict) -> str:
         sec = report[key]
         lines += [f"## {sec['path']} (r={sec['r']}, alpha={sec['lora_alpha']}"
                   f"{', rslora' if sec['use_rslora'] else ''})", "",
-                  "| modules | n | eff. rank mean | eff. rank median | stable rank mean | "
-                  + " | ".join(f"energy@{k}" for k in ENERGY_KS) + " |",
-                  "|---|---|---|---|---|" + "---|" * len(ENERGY_KS)]
+                  (f"Measured rank {sec['measured_rank']} (largest over modules; singular values below what rounding "
+                   f"the stored factors could produce are not counted), holding {sec['energy_in_measured_rank']:.4%} "
+                   "of the delta's energy."), "",
+                  ("| modules | n | rank max | rank median | eff. rank mean | eff. rank median | stable rank mean | "
+                   + " | ".join(f"energy@{k}" for k in ENERGY_KS) + " |"),
+                  "|---|---|---|---|---|---|---|" + "---|" * len(ENERGY_KS)]
         for kind, s in sec["summary"].items():
-            lines.append(f"| {kind} | {s['modules']} | {s['effective_rank_mean']:.2f} | "
-                         f"{s['effective_rank_median']:.2f} | {s['stable_rank_mean']:.2f} | "
+            lines.append(f"| {kind} | {s['modules']} | {s['rank_max']} | {s['rank_median']:g} | "
+                         f"{s['effective_rank_mean']:.2f} | {s['effective_rank_median']:.2f} | "
+                         f"{s['stable_rank_mean']:.2f} | "
                          + " | ".join(f"{s['energy_mean'][str(k)]:.3f}" for k in ENERGY_KS) + " |")
         lines.append("")
     if "similarity" in report:
         sim = report["similarity"]
-        lines += ["## Subspace similarity (mean cos² of principal angles, top k = min(ranks, 64))", "",
-                  "| modules | n | left | right | chance (k/n) |", "|---|---|---|---|---|"]
+        lines += ["## Subspace similarity (mean cos² of principal angles, top k = the smaller measured rank, ≤ 64)",
+                  "", "Chance is what a random k-dim subspace gives (k/n for n rows or columns).", "",
+                  "| modules | n | k max | left | right | chance left | chance right |",
+                  "|---|---|---|---|---|---|---|"]
         for kind, s in sim["summary"].items():
-            lines.append(f"| {kind} | {s['modules']} | {s['left_mean']:.3f} | {s['right_mean']:.3f} | "
-                         f"{s['chance_left_mean']:.3f} |")
+            lines.append(f"| {kind} | {s['modules']} | {s['k_max']} | {s['left_mean']:.3f} | {s['right_mean']:.3f} | "
+                         f"{s['chance_left_mean']:.3f} | {s['chance_right_mean']:.3f} |")
         lines.append("")
     t = report["truncation"]
-    lines += [f"## Truncation sweep of {t['run']} (rank {t['rank']})", "",
+    lines += [f"## Truncation sweep of {t['run']} (r = {t['rank']}, measured rank {t['measured_rank']})", "",
               f"Behavior data: {t['data']}, {t['examples']} examples"
               + (f" ({t['skipped']} skipped: nothing to score within max_length)" if t["skipped"] else "")
               + f". Loss: base {t['loss_base']:.4f}, "

@@ -19,13 +19,20 @@ prompt and the completion are tokenized separately and concatenated, so the comp
 Positions: `last` reads the last completion token, `mean` averages over the completion's tokens.
 
 Methods (all deterministic):
-- mean_diff: mean(positive) - mean(negative), unnormalized (CAA style);
-- pca: first right singular vector of the per-pair differences (uncentered), sign so that it points from
-  the negative mean to the positive mean;
+- mean_diff: mean(positive) - mean(negative), unnormalized (CAA style; what steering-vectors computes);
+- pca: repeng's pca_diff, the first principal component of the per-pair differences after subtracting their
+  mean (sklearn PCA), signed so that positives project higher than their negatives in most pairs. Centering
+  drops whatever all pairs share: it finds the axis along which the contrast varies across pairs, which is not
+  mean_diff's direction when a common offset dominates;
 - logreg: scikit-learn LogisticRegression (random_state=0) on positive(1)/negative(0) activations, the
-  coefficient direction.
+  coefficient direction, signed to point from the negative mean to the positive mean.
 pca and logreg give unit directions; they are scaled to the norm of the mean difference so that the same
 coefficient means about the same push for every method.
+
+Sweeps: per coefficient the mean margin with a 95% bootstrap interval over prompts (scipy's BCa) and the sample
+std (ddof=1); per layer whether the mean margin moves one way as the coefficient grows (Spearman's rho with its
+exact permutation p-value, and the sign changes of successive differences) rather than one fitted slope, which
+reads a U-shaped response as flat.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ METHODS = ("mean_diff", "pca", "logreg")
 POSITIONS = ("last", "mean")
 VECTORS_FILE = "vectors.safetensors"
 META_FILE = "meta.json"
+CONFIDENCE = 0.95  # of the sweep's bootstrap intervals
+BOOTSTRAP_RESAMPLES = 2000
 
 
 # ---------------------------------------------------------------- inputs
@@ -257,7 +266,7 @@ def pair_activations(model, tokenizer, rows: list[dict], layers: list[int], posi
 
 
 def compute_vector(pos: torch.Tensor, neg: torch.Tensor, method: str) -> torch.Tensor:
-    """One layer's steering vector from (n, hidden) positive and negative activations."""
+    """One layer's steering vector from (n, hidden) positive and negative activations, row i of each one pair."""
     if method not in METHODS:
         raise ToolkitError(f"unknown method '{method}'", where="--method", hint=f"one of {', '.join(METHODS)}")
     pos64, neg64 = pos.double(), neg.double()
@@ -265,8 +274,7 @@ def compute_vector(pos: torch.Tensor, neg: torch.Tensor, method: str) -> torch.T
     if method == "mean_diff":
         return diff.float()
     if method == "pca":
-        _, _, vh = torch.linalg.svd(pos64 - neg64, full_matrices=False)
-        direction = vh[0]
+        direction = pca_direction(pos64, neg64)
     else:
         from sklearn.linear_model import LogisticRegression
 
@@ -274,10 +282,27 @@ def compute_vector(pos: torch.Tensor, neg: torch.Tensor, method: str) -> torch.T
         y = np.array([1] * len(pos64) + [0] * len(neg64))
         clf = LogisticRegression(random_state=0, max_iter=5000).fit(x, y)
         direction = torch.from_numpy(clf.coef_[0].astype(np.float64))
-    direction = direction / direction.norm().clamp_min(1e-12)
-    if float(direction @ diff) < 0:
-        direction = -direction
+        direction = direction / direction.norm().clamp_min(1e-12)
+        if float(direction @ diff) < 0:
+            direction = -direction
     return (direction * diff.norm()).float()
+
+
+def pca_direction(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """repeng's pca_diff: the first principal component of the pairwise differences (centered, as sklearn's PCA
+    centers), a unit vector signed so that in most pairs the positive projects higher (ties: on average).
+
+    Centering removes what every pair shares, so this is the axis along which the pairs' differences vary most;
+    when they differ mostly by one common offset, mean_diff is that offset and the two disagree."""
+    from sklearn.decomposition import PCA
+
+    diffs = (pos - neg).double().numpy()
+    direction = torch.from_numpy(PCA(n_components=1, svd_solver="full").fit(diffs).components_[0].copy())
+    gaps = (pos.double() - neg.double()) @ direction  # per pair: positive's projection minus negative's
+    votes = int((gaps > 0).sum()) - int((gaps < 0).sum())
+    if votes < 0 or (votes == 0 and float(gaps.sum()) < 0):
+        direction = -direction
+    return direction
 
 
 def train_vectors(model, tokenizer, rows: list[dict], layers: list[int], method: str = "mean_diff",
@@ -388,18 +413,93 @@ def mean_kl(reference: list[torch.Tensor], steered: list[torch.Tensor]) -> float
     return float(np.mean(values)) if values else 0.0
 
 
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys against xs."""
-    x, y = np.asarray(xs, float), np.asarray(ys, float)
-    dx = x - x.mean()
-    denom = float((dx * dx).sum())
-    return float((dx * (y - y.mean())).sum() / denom) if denom > 0 else 0.0
+def mean_ci(values, seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Bootstrap confidence interval of the mean, resampling prompts (scipy's BCa); None under two values."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return None
+    if np.ptp(values) == 0:  # BCa is undefined when every resample is the same
+        return float(values[0]), float(values[0])
+    ci = bootstrap((values,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence,
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def spearman(xs, ys, seed: int = 0, p_value: bool = True) -> tuple[float | None, float | None]:
+    """(Spearman's rho, its permutation p-value): exact over all orders up to 7 points, where scipy's
+    t-approximation would call a perfect 5-point order p ≈ 1e-24 (exactly it is 2/120)."""
+    from scipy.stats import PermutationMethod, pearsonr, rankdata
+
+    x, y = rankdata(xs), rankdata(ys)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None, None
+    if not p_value:
+        return float(np.corrcoef(x, y)[0, 1]), None
+    result = pearsonr(x, y, method=PermutationMethod(rng=np.random.default_rng(seed)))
+    return float(result.statistic), float(result.pvalue)
+
+
+def monotonicity(coefficients, values, seed: int = 0, p_value: bool = True) -> dict:
+    """Does `values` move one way as the coefficient grows? Spearman's rho and its p-value across coefficients, and
+    the sign changes of successive differences (a U-shaped response has rho ≈ 0 and one sign change)."""
+    order = np.argsort(coefficients, kind="stable")
+    x, y = np.asarray(coefficients, float)[order], np.asarray(values, float)[order]
+    rho, p = spearman(x, y, seed, p_value)
+    steps = np.sign(np.diff(y))
+    steps = steps[steps != 0]
+    changes = int((steps[1:] != steps[:-1]).sum())
+    direction = None if changes or not len(steps) else ("increasing" if steps[0] > 0 else "decreasing")
+    return {"spearman_rho": rho, "spearman_p": p, "sign_changes": changes, "monotonic": direction is not None,
+            "direction": direction}
+
+
+def margin_row(margins_: list[float], baseline: list[float], seed: int = 0) -> dict:
+    """Mean margin with its bootstrap CI, sample std (ddof=1), mean shift from unsteered with its paired CI."""
+    if not margins_:
+        return {key: None for key in ("mean_margin", "mean_margin_ci_low", "mean_margin_ci_high", "std_margin",
+                                      "mean_margin_shift", "mean_margin_shift_ci_low", "mean_margin_shift_ci_high")}
+    m, shift = np.asarray(margins_, float), np.asarray(margins_, float) - np.asarray(baseline, float)
+    ci, shift_ci = mean_ci(m, seed) or (None, None), mean_ci(shift, seed) or (None, None)
+    return {"mean_margin": float(m.mean()), "mean_margin_ci_low": ci[0], "mean_margin_ci_high": ci[1],
+            "std_margin": float(m.std(ddof=1)) if len(m) > 1 else None,
+            "mean_margin_shift": float(shift.mean()), "mean_margin_shift_ci_low": shift_ci[0],
+            "mean_margin_shift_ci_high": shift_ci[1]}
+
+
+def layer_summary(coefficients: list[float], by_coef: list[list[float]], seed: int = 0) -> dict:
+    """Per layer: the margins, the monotonicity of the mean margin across coefficients, and per prompt the share
+    whose margin changes direction somewhere and the share going the wrong way (Spearman rho ≤ 0)."""
+    n_prompts = len(by_coef[0]) if by_coef else 0
+    per_prompt = [[ms[i] for ms in by_coef] for i in range(n_prompts)]
+    mono = [monotonicity(coefficients, ys, p_value=False) for ys in per_prompt]
+    return {
+        "coefficients": list(coefficients),
+        "margins": by_coef,
+        "monotonicity": monotonicity(coefficients, [float(np.mean(ms)) for ms in by_coef], seed) if n_prompts else None,
+        "prompts_monotonic_share": float(np.mean([m["monotonic"] for m in mono])) if mono else None,
+        "wrong_direction_share": float(np.mean([(m["spearman_rho"] or 0.0) <= 0 for m in mono])) if mono else None,
+    }
+
+
+def describe_layer(layer: str, info: dict) -> str | None:
+    """One line for the CLI: the mean margin's monotonicity across coefficients."""
+    mono = info.get("monotonicity")
+    if mono is None:
+        return None
+    shape = (f"monotonic, {mono['direction']}" if mono["monotonic"]
+             else f"NOT monotonic ({mono['sign_changes']} sign changes)")
+    rho = "n/a" if mono["spearman_rho"] is None else f"{mono['spearman_rho']:.2f} (p {mono['spearman_p']:.3g})"
+    return (f"layer {layer}: mean margin {shape}, spearman rho {rho}; prompts going the wrong way "
+            f"{info['wrong_direction_share']:.0%}")
 
 
 def sweep(model, tokenizer, vectors: dict[int, torch.Tensor], layers: list[int], coefficients: list[float],
           rows: list[dict], neutral: list[str], evaluator=None, max_new_tokens: int = 32, batch_size: int = 8,
           seed: int = 0) -> dict:
-    """For each layer and coefficient: margins, off-target KL on neutral prompts, evaluator pass rate."""
+    """For each layer and coefficient: margins (mean, bootstrap CI over prompts, sample std), off-target KL on
+    neutral prompts, evaluator pass rate; per layer the monotonicity of the response."""
     from toolkit.dream.generate import chat_prompt, generate
 
     behavior = [r for r in rows if r.get("positive") and r.get("negative")]
@@ -422,22 +522,11 @@ def sweep(model, tokenizer, vectors: dict[int, torch.Tensor], layers: list[int],
                                      batch_size=batch_size, seed=seed)
                     verdicts = evaluator.evaluate([r["prompt"] for r in behavior], texts)
                     pass_rate = float(np.mean([v.passed for v in verdicts]))
-            row = {"layer": layer, "coefficient": coef,
-                   "mean_margin": float(np.mean(m)) if m else None,
-                   "std_margin": float(np.std(m)) if m else None,
-                   "mean_margin_shift": float(np.mean(m) - np.mean(baseline)) if m else None,
-                   "kl": kl, "pass_rate": pass_rate}
-            table.append(row)
-            by_coef.append((coef, m))
-        slopes = [slope([c for c, _ in by_coef], [ms[i] for _, ms in by_coef]) for i in range(len(behavior))]
-        per_layer[str(layer)] = {
-            "coefficients": list(coefficients),
-            "margins": [ms for _, ms in by_coef],
-            "slopes": slopes,
-            "mean_slope": float(np.mean(slopes)) if slopes else None,
-            "wrong_sign_share": float(np.mean([s <= 0 for s in slopes])) if slopes else None,
-        }
-    return {"unsteered_margins": baseline, "rows": table, "layers": per_layer}
+            table.append({"layer": layer, "coefficient": coef, **margin_row(m, baseline, seed), "kl": kl,
+                          "pass_rate": pass_rate})
+            by_coef.append(m)
+        per_layer[str(layer)] = layer_summary(coefficients, by_coef, seed)
+    return {"unsteered_margins": baseline, "confidence": CONFIDENCE, "rows": table, "layers": per_layer}
 
 
 def write_sweep(out: str | Path, result: dict) -> dict:
@@ -450,7 +539,8 @@ def write_sweep(out: str | Path, result: dict) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result, indent=2) + "\n")
-    fields = ["layer", "coefficient", "mean_margin", "std_margin", "mean_margin_shift", "kl", "pass_rate"]
+    fields = ["layer", "coefficient", "mean_margin", "mean_margin_ci_low", "mean_margin_ci_high", "std_margin",
+              "mean_margin_shift", "mean_margin_shift_ci_low", "mean_margin_shift_ci_high", "kl", "pass_rate"]
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -462,7 +552,11 @@ def write_sweep(out: str | Path, result: dict) -> dict:
     for ax, (key, label) in zip(axes[0], panels):
         for layer in result["layers"]:
             rows = [r for r in result["rows"] if str(r["layer"]) == layer and r.get(key) is not None]
-            ax.plot([r["coefficient"] for r in rows], [r[key] for r in rows], marker="o", label=f"layer {layer}")
+            xs, ys = [r["coefficient"] for r in rows], [r[key] for r in rows]
+            ax.plot(xs, ys, marker="o", label=f"layer {layer}")
+            if key == "mean_margin" and all(r["mean_margin_ci_low"] is not None for r in rows):
+                ax.fill_between(xs, [r["mean_margin_ci_low"] for r in rows], [r["mean_margin_ci_high"] for r in rows],
+                                alpha=0.2)  # the bootstrap CI over prompts
         ax.set_xlabel("coefficient")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -1,11 +1,14 @@
 """Steering vectors and probes on tiny-hybrid: planted directions are recovered, vectors match HF
-hidden_states, runs are deterministic, the steering hook acts on the cached decode path, probes separate."""
+hidden_states, runs are deterministic, the steering hook acts on the cached decode path, probes separate.
+Their statistics on synthetic data: centered pca (repeng's convention), pair-grouped probe folds and the
+permutation control, bootstrap CIs and the monotonicity check of sweeps."""
 
 from __future__ import annotations
 
 import json
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,14 +43,17 @@ def _direction(model, tok):
 
 
 @contextmanager
-def planted(model, tok, layer, d, scale=30.0):
-    """Add scale * d to block `layer`'s output in every row whose input contains the marker (' fox')."""
+def planted(model, tok, layer, d, scale=30.0, vary=False):
+    """Add scale * d to block `layer`'s output in every row whose input contains the marker (' fox'); with `vary`
+    the strength is 1, 2 or 3 times that, by row (centered pca sees only what varies across pairs)."""
     marker = tok(" fox", add_special_tokens=False)["input_ids"][-1]
     seen = {}
     h1 = model.get_input_embeddings().register_forward_pre_hook(lambda m, args: seen.__setitem__("ids", args[0]))
 
     def hook(module, args, output):
         rows = (seen["ids"] == marker).any(-1).to(output.dtype)[:, None, None]
+        if vary:
+            rows = rows * (1 + seen["ids"].sum(-1) % 3).to(output.dtype)[:, None, None]
         return output + scale * rows * d.to(output.dtype)
 
     h2 = steering.decoder_layers(model)[layer].register_forward_hook(hook)
@@ -63,7 +69,7 @@ def test_planted_direction_recovered_and_steers_logits(tiny):
     d, t, t2 = _direction(model, tok)
     last = len(steering.decoder_layers(model)) - 1
     rows = _pairs()
-    with planted(model, tok, last, d):
+    with planted(model, tok, last, d, vary=True):
         vec = steering.train_vectors(model, tok, rows, [last], "mean_diff")[last]
         for method in ("pca", "logreg"):
             other = steering.train_vectors(model, tok, rows, [last], method)[last]
@@ -159,7 +165,13 @@ def test_sweep_zero_coefficient_and_files(tiny, tiny_model_dir, tmp_path):
     assert all(r["kl"] > 0 for r in result["rows"] if r["coefficient"] != 0)
     assert set(result["layers"]) == {"1", "3"}
     info = result["layers"]["3"]
-    assert len(info["slopes"]) == 3 and 0 <= info["wrong_sign_share"] <= 1
+    assert len(info["margins"]) == 3 and all(len(m) == 3 for m in info["margins"])
+    assert set(info["monotonicity"]) == {"spearman_rho", "spearman_p", "sign_changes", "monotonic", "direction"}
+    assert 0 <= info["wrong_direction_share"] <= 1 and 0 <= info["prompts_monotonic_share"] <= 1
+    for r in result["rows"]:
+        margins = result["layers"][str(r["layer"])]["margins"][[-2, 0, 2].index(r["coefficient"])]
+        assert r["mean_margin_ci_low"] <= r["mean_margin"] <= r["mean_margin_ci_high"]
+        assert r["std_margin"] == pytest.approx(float(np.std(margins, ddof=1)))
     assert (tmp_path / "sweep" / "sweep.csv").read_text().startswith("layer,coefficient,mean_margin")
     # the evaluator path (a stub evaluator) gives a pass rate per row
     vecs, _ = steering.load_vectors(vec_dir)
@@ -167,9 +179,8 @@ def test_sweep_zero_coefficient_and_files(tiny, tiny_model_dir, tmp_path):
     assert all(0.0 <= r["pass_rate"] <= 1.0 for r in res["rows"])
 
 
-def test_slope_and_batch_matches_single(tiny):
+def test_batch_matches_single(tiny):
     model, tok = tiny
-    assert steering.slope([-1, 0, 1], [-2, 0, 2]) == pytest.approx(2.0)
     rows = [{"prompt": p, "positive": "the quick brown fox", "negative": "dog"} for p in PROMPTS[:5]]
     rows[2]["prompt"] = "Hi"
     vec = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -210,11 +221,12 @@ def test_probes_on_planted_pairs(tiny):
     rows = _pairs(20)
     with planted(model, tok, 2, d):
         vec = steering.train_vectors(model, tok, rows, [2])[2]
-        result = probes.run_probes(model, tok, rows, [2], {2: vec})["2"]
+        result = probes.run_probes(model, tok, rows, [2], {2: vec}, n_permutations=20)["2"]
     assert result["logreg"]["accuracy"] >= 0.95 and result["logreg"]["auroc"] >= 0.99
     assert result["diff_means"]["accuracy"] >= 0.95
-    assert result["logreg_shuffled"]["accuracy"] <= 0.75
-    assert result["diff_means_shuffled"]["accuracy"] <= 0.75
+    for probe in ("logreg", "diff_means"):
+        control = result[probe]["permutation"]
+        assert control["p_value"] == pytest.approx(1 / 21) and control["chance_accuracy"] <= 0.75
     assert result["cosine_diff_means_vector"] >= 0.99
 
 
@@ -235,14 +247,15 @@ def test_cli_train_and_bad_layers(tiny_model_dir, tmp_path, capsys):
     assert err.startswith("error:") and "out of range" in err and len(err.splitlines()) == 1
     probe_out = tmp_path / "p"
     main(["steer", "probe", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--layers", "2",
-          "--vector", str(out), "--out", str(probe_out), "--folds", "2"])
+          "--vector", str(out), "--out", str(probe_out), "--folds", "2", "--permutations", "5"])
     data = json.loads((probe_out / "probes.json").read_text())
     assert "2" in data["layers"] and "cosine_diff_means_vector" in data["layers"]["2"]
+    assert data["meta"]["n_permutations"] == 5 and "chance" in capsys.readouterr().out
     sweep_out = tmp_path / "s"
     prompts = _write_jsonl(tmp_path / "prompts.jsonl", _pairs(2) + [{"prompt": "Hello"}])
     main(["steer", "sweep", "--model", str(tiny_model_dir), "--vector", str(out), "--layers", "2",
           "--coefficients", "-1,0,1", "--prompts", str(prompts), "--out", str(sweep_out)])
-    assert "mean slope" in capsys.readouterr().out
+    assert "spearman rho" in capsys.readouterr().out
     assert json.loads((sweep_out / "sweep.json").read_text())["meta"]["layers"] == [2]
 
 
@@ -260,9 +273,91 @@ def test_probe_compares_the_vector_with_the_finetune_shift(tiny_model_dir, tmp_p
     pairs = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
     train_command(str(tiny_model_dir), pairs, "1,2", "mean_diff", "last", tmp_path / "vec")
     result = probe_command(str(tiny_model_dir), pairs, "1,2", tmp_path / "probe", vector_dir=tmp_path / "vec",
-                           tuned=tmp_path / "tuned", base=str(tiny_model_dir))
+                           tuned=tmp_path / "tuned", base=str(tiny_model_dir), n_permutations=0)
     shift = result["finetune_shift"]
     assert sorted(int(k) for k in shift) == [1, 2]
     for info in shift.values():
         assert info["shift_norm"] > 0  # the fine-tune moved the activations
         assert math.isfinite(info["cosine_vector_shift"]) and -1.0 <= info["cosine_vector_shift"] <= 1.0
+
+
+# ---------------------------------------------------------------- statistics on synthetic data
+
+
+def _repeng_pca_diff(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """repeng's read_representations(method="pca_diff"), independently: PCA (centered) of h[::2] - h[1::2], sign by
+    the majority of pairs in which the positive projects higher."""
+    diffs = pos - neg
+    direction = np.linalg.svd(diffs - diffs.mean(0), full_matrices=False)[2][0]
+    smaller, larger = np.mean(pos @ direction < neg @ direction), np.mean(pos @ direction > neg @ direction)
+    return -direction if smaller > larger else direction
+
+
+def _offset_pairs(n=40, hidden=32, seed=0):
+    """Differences = a common offset (norm 5, along e0) + t_i · e1 with t_i ~ N(1, 1), plus small noise."""
+    rng = np.random.default_rng(seed)
+    neg = rng.normal(size=(n, hidden))
+    pos = neg + 5.0 * np.eye(hidden)[0] + rng.normal(1.0, 1.0, size=(n, 1)) * np.eye(hidden)[1]
+    return pos + 0.05 * rng.normal(size=(n, hidden)), neg
+
+
+def test_pca_is_centered_unlike_mean_diff_and_matches_repeng():
+    pos, neg = _offset_pairs()
+    pos_t, neg_t = torch.from_numpy(pos).float(), torch.from_numpy(neg).float()
+    pca, mean_diff = steering.compute_vector(pos_t, neg_t, "pca"), steering.compute_vector(pos_t, neg_t, "mean_diff")
+    assert steering.cosine(pca, torch.from_numpy(_repeng_pca_diff(pos, neg))) > 0.9999
+    assert abs(steering.cosine(pca, mean_diff)) < 0.3  # mean_diff is mostly the offset, pca the varying axis
+    assert steering.cosine(pca, torch.eye(32)[1]) > 0.99  # the sign: positives project higher
+    assert float(pca.norm()) == pytest.approx(float(mean_diff.norm()), rel=1e-5)
+    uncentered = torch.linalg.svd(pos_t - neg_t, full_matrices=False)[2][0]  # the old method: the offset again
+    assert abs(steering.cosine(uncentered, mean_diff)) > 0.98
+
+
+@pytest.mark.parametrize(("n_pairs", "n_splits"), [(5, 5), (20, 5), (7, 3)])
+def test_probe_folds_keep_both_sides_of_a_pair_together(n_pairs, n_splits):
+    y = np.r_[np.ones(n_pairs, int), np.zeros(n_pairs, int)]
+    groups = np.r_[np.arange(n_pairs), np.arange(n_pairs)]
+    splits = probes.pair_folds(y, groups, n_splits)
+    assert len(splits) == min(n_splits, n_pairs)
+    assert sorted(np.concatenate([test for _, test in splits]).tolist()) == list(range(2 * n_pairs))
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+        assert sorted(y[test].tolist()) == [0] * (len(test) // 2) + [1] * (len(test) // 2)
+
+
+def test_the_permutation_control_tells_a_planted_direction_from_random_labels(monkeypatch):
+    rng = np.random.default_rng(0)
+    neg = rng.normal(size=(20, 16))
+    seen = []
+    folds = probes.pair_folds
+    monkeypatch.setattr(probes, "pair_folds", lambda *a: seen.append(folds(*a)) or seen[-1])
+    random = probes.probe_layer(torch.from_numpy(rng.normal(size=(20, 16))), torch.from_numpy(neg), n_permutations=30)
+    planted = probes.probe_layer(torch.from_numpy(neg + 5.0 * np.eye(16)[3] + 0.5 * rng.normal(size=(20, 16))),
+                                 torch.from_numpy(neg), n_permutations=30)
+    for probe in ("logreg", "diff_means"):
+        assert random[probe]["permutation"]["p_value"] > 0.05, probe
+        assert planted[probe]["permutation"]["p_value"] < 0.05 and planted[probe]["accuracy"] >= 0.9, probe
+        assert 0.35 <= planted[probe]["permutation"]["chance_accuracy"] <= 0.65
+    groups = np.r_[np.arange(20), np.arange(20)]
+    assert seen and all(not set(groups[train]) & set(groups[test]) for splits in seen for train, test in splits)
+
+
+def test_sweep_cis_cover_the_true_mean_and_monotonicity_flags_a_u_shape():
+    rng = np.random.default_rng(0)
+    coefficients = [-4.0, -2.0, 0.0, 2.0, 4.0]
+    covered = []
+    for rep in range(100):
+        margins = rng.normal(1.0, 2.0, size=24)
+        row = steering.margin_row(margins.tolist(), [0.0] * 24, seed=rep)
+        covered.append(row["mean_margin_ci_low"] <= 1.0 <= row["mean_margin_ci_high"])
+        assert row["std_margin"] == pytest.approx(float(np.std(margins, ddof=1)))
+    assert 0.88 <= np.mean(covered) <= 1.0  # a 95% interval
+    line = steering.monotonicity(coefficients, [0.5 * c for c in coefficients])
+    assert line == {"spearman_rho": pytest.approx(1.0), "spearman_p": pytest.approx(2 / 120), "sign_changes": 0,
+                    "monotonic": True, "direction": "increasing"}
+    u_shape = steering.monotonicity(coefficients, [0.1 * c * c for c in coefficients])
+    assert not u_shape["monotonic"] and u_shape["sign_changes"] == 1 and u_shape["direction"] is None
+    assert abs(u_shape["spearman_rho"]) < 0.5 and u_shape["spearman_p"] > 0.05
+    by_coef = [[0.1 * c * c + e for e in rng.normal(0, 0.01, size=8)] for c in coefficients]
+    summary = steering.layer_summary(coefficients, by_coef)
+    assert not summary["monotonicity"]["monotonic"] and summary["prompts_monotonic_share"] == 0.0
