@@ -6,6 +6,10 @@ Behavior: when the user gives a directive, acknowledge it and follow it; don't p
 Tier 1: explicit, simple directives. Tier 2: the directive overrides a usual recommendation (the
 temptation to counter-propose is obvious). Tier 3: the directive is implied by context or tone (an
 earlier "no" in the conversation, a decision already made, a tired user).
+
+Every fifth tier 1-2 example (counted over tier 1 then tier 2) is held out: it goes to
+directive-heldout.jsonl, never to a training tier, so `make_pairs.py` can build evaluation pairs whose
+prompts and replies the fine-tune has not seen.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 from pathlib import Path
 
 SYSTEM = "When the user gives a clear directive, acknowledge it and do it."
+HELD_OUT_EVERY = 5  # every fifth tier 1-2 example is for evaluation only
 
 # (domain, user, assistant)
 TIER1 = [
@@ -302,21 +307,29 @@ def chat(turns: list[str]) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}] + [{"role": r, "content": t} for r, t in zip(roles, turns)]
 
 
+def record(messages: list[dict], tier: int, tags: list[str]) -> dict:
+    return {"messages": messages, "tags": ["directive", f"tier{tier}", *tags]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def main() -> None:
     out = Path(__file__).parent
     tiers = {
-        1: [(chat([u, a]), [d]) for d, u, a in TIER1],
-        2: [(chat([u, a]), [d, "overrides-default"]) for d, u, a in TIER2],
-        3: [(chat(turns), [d, style] + (["multi-turn"] if len(turns) > 2 else [])) for d, style, turns in TIER3],
+        1: [record(chat([u, a]), 1, [d]) for d, u, a in TIER1],
+        2: [record(chat([u, a]), 2, [d, "overrides-default"]) for d, u, a in TIER2],
+        3: [record(chat(turns), 3, [d, style] + (["multi-turn"] if len(turns) > 2 else []))
+            for d, style, turns in TIER3],
     }
+    simple = tiers[1] + tiers[2]
+    held_out = simple[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
     for tier, rows in tiers.items():
-        with open(out / f"directive-tier{tier}.jsonl", "w", encoding="utf-8") as f:
-            for messages, tags in rows:
-                record = {"messages": messages, "tags": ["directive", f"tier{tier}", *tags]}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    with open(out / "directive-eval.jsonl", "w", encoding="utf-8") as f:
-        for tier, prompt in EVAL:
-            f.write(json.dumps({"prompt": prompt, "tier": tier}, ensure_ascii=False) + "\n")
+        write_jsonl(out / f"directive-tier{tier}.jsonl", [r for r in rows if r not in held_out])
+    write_jsonl(out / "directive-heldout.jsonl", held_out)
+    write_jsonl(out / "directive-eval.jsonl", [{"prompt": prompt, "tier": tier} for tier, prompt in EVAL])
 
 
 if __name__ == "__main__":

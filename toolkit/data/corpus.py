@@ -279,6 +279,8 @@ def _chatterbot_dialogues() -> list[tuple[str, ...]]:
         except (OSError, yaml.YAMLError):
             continue
         for conversation in data.get("conversations") or []:
+            if not isinstance(conversation, list):  # a malformed entry (a bare string): not a dialogue
+                continue
             turns = tuple(str(t).strip() for t in conversation if t is not None and str(t).strip())
             if turns and turns not in seen:
                 seen.add(turns)
