@@ -3,7 +3,8 @@
 accelerate's `--cpu` path starts one process and leaves multi-process CPU runs to MPI (mpirun and a
 hostfile). Without them, a user asking for N CPU processes would silently train on one. We recognise
 that case (the launcher sets ACCELERATE_USE_CPU and MASTER_ADDR, but no rank variable), read N from
-the launch command, and start the N ranks ourselves, passing on their exit code (0, 2, 3, 128+N).
+the launch command, and start the N ranks ourselves, passing on their exit code (0, 2, 3, 128+N). As
+torchrun does, the first rank to fail stops the others, so a dead rank never leaves the rest hanging.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
@@ -49,12 +51,44 @@ def run_cpu_processes(n: int) -> int:
 
     def forward(signum, frame):
         for child in children:
-            child.send_signal(signum)
+            if child.poll() is None:
+                child.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    codes = [child.wait() for child in children]
-    return next((code for code in codes if code), 0)
+    return supervise(children)
+
+
+POLL_SECONDS = 0.2
+GRACE_SECONDS = 30.0  # after SIGTERM the other ranks get this long to exit (torchrun: 30 s), then SIGKILL
+
+
+def supervise(children: list[subprocess.Popen]) -> int:
+    """torchrun's rule: wait for all, and when one exits non-zero stop the others (their collectives would
+    wait for it forever) and return its code; 0 once every child exits 0. A signal death N is 128+N."""
+    while True:
+        codes = [child.poll() for child in children]
+        failed = next((code for code in codes if code), None)
+        if failed is not None:
+            _stop(children)
+            return 128 - failed if failed < 0 else failed
+        if all(code == 0 for code in codes):
+            return 0
+        time.sleep(POLL_SECONDS)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM the children still running (a rank checkpoints on it if it can), then SIGKILL after the grace."""
+    running = [child for child in children if child.poll() is None]
+    for child in running:
+        child.terminate()
+    deadline = time.monotonic() + GRACE_SECONDS
+    for child in running:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _parent_argv() -> list[str]:

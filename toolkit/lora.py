@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import ToolkitError, did_you_mean
+from toolkit.model import PICKLE_HINT, pickle_only_weights
 from toolkit.recipe import GDN_GATE_PARAMS, LoraConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -275,16 +276,21 @@ def read_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys() if not (alias_prefixes and k.startswith(alias_prefixes))}
 
 
-def load_adapter(base_model, adapter_dir: Path, is_trainable: bool = False):
+def load_adapter(base_model, adapter_dir: Path, is_trainable: bool = False, allow_pickle: bool = False):
     """PeftModel.from_pretrained, plus: gates saved with the adapter train again when `is_trainable`.
 
     Plain peft already loads the gate values (see the module docstring); this only restores their
-    requires_grad, which peft cannot know about.
+    requires_grad, which peft cannot know about. An adapter saved only as adapter_model.bin (pickle, which
+    can run code when loaded) is refused unless `allow_pickle` (peft prefers the safetensors file when both exist).
     """
     from peft import PeftModel
     from safetensors import safe_open
 
     adapter_dir = Path(adapter_dir)
+    pickled = None if allow_pickle else pickle_only_weights(adapter_dir)
+    if pickled:
+        raise ToolkitError(f"the adapter holds only pickle weights ({pickled})", where=str(adapter_dir),
+                           hint=PICKLE_HINT)
     model = PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=is_trainable)
     if is_trainable:
         with safe_open(adapter_dir / ADAPTER_WEIGHTS, framework="pt") as f:

@@ -141,16 +141,35 @@ def load_model(path: str, model_cfg: ModelConfig, dtype: torch.dtype = torch.flo
     transformers maps `model.language_model.*` to `model.*` and the vision tower is neither loaded nor needed."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    pickled = None if model_cfg.allow_pickle else pickle_only_weights(Path(path))
+    if pickled:
+        raise ToolkitError(f"'{path}' holds only pickle weights ({pickled})", key="model.name_or_path", hint=PICKLE_HINT)
     common = dict(revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+    # None: transformers' own choice (safetensors first, then .bin); True: safetensors or nothing (hub ids too)
+    safetensors_only = None if model_cfg.allow_pickle else True
     try:
         config = AutoConfig.from_pretrained(path, **common)
         model = AutoModelForCausalLM.from_pretrained(
             path, config=_causal_lm_config(config), dtype=dtype, attn_implementation=model_cfg.attn_implementation,
-            **common,
+            use_safetensors=safetensors_only, **common,
         )
     except (OSError, ValueError) as exc:
-        raise ToolkitError(f"cannot load model '{path}': {first_line(exc)}", key="model.name_or_path") from None
+        hint = PICKLE_HINT if not model_cfg.allow_pickle and "safetensors" in str(exc) else None
+        raise ToolkitError(f"cannot load model '{path}': {first_line(exc)}", key="model.name_or_path",
+                           hint=hint) from None
     return model
+
+
+PICKLE_HINT = ("pickle (.bin) weights can run code when loaded: convert them to safetensors, or set "
+               "model.allow_pickle: true if you trust the files")
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "adapter_model*.bin")  # what from_pretrained would unpickle
+
+
+def pickle_only_weights(directory: Path) -> str | None:
+    """The first pickle weights file of a local directory that has no safetensors, else None."""
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return None
+    return next((p.name for pattern in PICKLE_WEIGHTS for p in sorted(directory.glob(pattern))), None)
 
 
 def _causal_lm_config(config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from toolkit.dream.evaluators import build_evaluator
@@ -10,11 +11,30 @@ from toolkit.dream.pool import DreamSource
 
 
 def build_dream(recipe, tokenizer, write: bool = True) -> DreamLoop:
-    """The recipe's dream loop and its (empty) dream source; `write`: this process writes files."""
+    """The recipe's dream loop and its (empty) dream source. `write`: this is the main process, which writes
+    files, trains the classifier and alone holds the judge and teacher models (only it runs cycles; the other
+    ranks take its results, see train.loop._dream_cycle)."""
     cfg, run_dir = recipe.dream, recipe.output_dir
     source = DreamSource(cfg, tokenizer, recipe.data.max_length, recipe.run.seed, run_dir, write=write)
-    evaluator = build_evaluator(cfg.evaluator, run_dir, recipe.model)
-    return DreamLoop(cfg, evaluator, source, run_dir, recipe.run.seed, write=write, teacher=_teacher(recipe))
+    with main_process_first():  # the others load the classifier the main process has trained and written
+        evaluator = build_evaluator(cfg.evaluator, run_dir, recipe.model, main=write)
+    teacher = _teacher(recipe) if write else None
+    return DreamLoop(cfg, evaluator, source, run_dir, recipe.run.seed, write=write, teacher=teacher)
+
+
+@contextmanager
+def main_process_first():
+    """Under several processes, the main one runs the block first and the others after it (accelerate's
+    barrier); in a single process, just the block."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
 
 
 def _teacher(recipe):
@@ -52,9 +72,9 @@ def run_standalone(loaded, cycles: int, adapter: Path | None = None) -> dict:
     tokenizer = load_tokenizer(base, recipe.model)
     model = load_model(base, recipe.model)
     if adapter is not None:
-        from peft import PeftModel
+        from toolkit.lora import load_adapter
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = load_adapter(model, adapter, allow_pickle=recipe.model.allow_pickle)
     model.eval()
     dream = build_dream(recipe, tokenizer)
     journal = Journal(run_dir / "journal.jsonl")

@@ -6,7 +6,7 @@ Four interchangeable kinds behind one batched call, `evaluate(scenarios, respons
   appear in the response; score = share of rules satisfied, passed = all satisfied
 - classifier: a scikit-learn pipeline (word + character TF-IDF, logistic regression) trained on
   labeled JSONL rows; score = P(label 1). It is saved with skops in `run_dir/dream/` and reused
-  while the examples file is unchanged
+  while the examples file is unchanged; loading it trusts only the classes the pipeline is made of
 - judge: another Hugging Face causal LM fills a prompt template and generates a number
 - python: a "module:function" called with (scenario, response)
 """
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -36,8 +37,17 @@ JUDGE_BATCH = 8  # prompts per judge generate() call
 CV_FOLDS = 5
 MODEL_FILE = "evaluator.skops"
 INFO_FILE = "evaluator.json"
-# Types a saved classifier may hold beyond skops' defaults: the pipeline is built from these libraries only.
-TRUSTED_ROOTS = ("sklearn", "numpy", "scipy")
+# The only types a saved classifier may hold beyond skops' own safe defaults: the classes `new_pipeline` builds
+# (some skops/scikit-learn versions do not trust them by default). Anything else, functions above all, is refused:
+# skops calls what a file names while loading it.
+ALLOWED_TYPES = frozenset({
+    "sklearn.pipeline.Pipeline",
+    "sklearn.pipeline.FeatureUnion",
+    "sklearn.feature_extraction.text.TfidfVectorizer",
+    "sklearn.feature_extraction.text.TfidfTransformer",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "numpy.float64",  # TfidfVectorizer's dtype parameter
+})
 WITH_SCENARIO = "scenario+response"  # evaluator.json's "input" when the classifier reads "scenario\nresponse"
 
 
@@ -53,15 +63,17 @@ class Evaluator(Protocol):
     def evaluate(self, scenarios: list[str], responses: list[str]) -> list[Verdict]: ...
 
 
-def build_evaluator(cfg: EvaluatorConfig, run_dir: Path, model_cfg: ModelConfig | None = None) -> Evaluator:
+def build_evaluator(cfg: EvaluatorConfig, run_dir: Path, model_cfg: ModelConfig | None = None,
+                    main: bool = True) -> Evaluator | None:
     """The evaluator `cfg.kind` names. `run_dir` holds the classifier; `model_cfg` (the recipe's model
-    section) lends the judge its trust_remote_code and attn_implementation."""
+    section) lends the judge its loading options. Only the `main` process judges: the others load the
+    classifier the main process trained (call them after it) and get no judge model at all (None)."""
     if cfg.kind == "rules":
         return RulesEvaluator(cfg)
     if cfg.kind == "classifier":
-        return ClassifierEvaluator(cfg, run_dir)
+        return ClassifierEvaluator(cfg, run_dir, may_train=main)
     if cfg.kind == "judge":
-        return JudgeEvaluator(cfg, model_cfg)
+        return JudgeEvaluator(cfg, model_cfg) if main else None
     return PythonEvaluator(cfg)
 
 
@@ -182,9 +194,10 @@ def cross_validate(texts: list[str], labels: list[int]) -> tuple[int, float | No
 class ClassifierEvaluator:
     """Trains on `cfg.examples` once per examples-file content: `run_dir/dream/evaluator.skops` holds the
     pipeline and `evaluator.json` the sha256 of the examples it came from, so a rerun loads it.
-    `trained` tells whether this instance trained (True) or loaded (False)."""
+    `trained` tells whether this instance trained (True) or loaded (False); with `may_train` False (a
+    process other than the main one) a missing or stale classifier is an error, never a second writer."""
 
-    def __init__(self, cfg: EvaluatorConfig, run_dir: Path):
+    def __init__(self, cfg: EvaluatorConfig, run_dir: Path, may_train: bool = True):
         self.threshold = cfg.threshold
         examples = Path(cfg.examples)
         try:
@@ -196,6 +209,9 @@ class ClassifierEvaluator:
         sha256 = hashlib.sha256(data).hexdigest()
         self.info = self._saved_info(sha256)
         self.trained = self.info is None
+        if self.trained and not may_train:
+            raise ToolkitError("no classifier trained on these examples: the main process writes it first",
+                               where=str(self.model_path), key=f"{KEY}.examples")
         if self.trained:
             self.pipeline, self.info = self._train(examples, data, sha256)
         else:
@@ -243,15 +259,24 @@ class ClassifierEvaluator:
         return pipeline, info
 
     def _load(self):
-        """Load with skops, trusting only the scikit-learn / numpy / scipy types the pipeline is made of."""
+        """Load with skops, trusting beyond its defaults only the exact classes `new_pipeline` builds
+        (ALLOWED_TYPES). Listing a file's types reads its schema and runs nothing from it."""
         import skops.io
+        from sklearn.pipeline import Pipeline
 
-        untrusted = skops.io.get_untrusted_types(file=self.model_path)
-        unexpected = [t for t in untrusted if t.split(".")[0] not in TRUSTED_ROOTS]
+        where, hint = str(self.model_path), "delete it to retrain from the examples"
+        try:
+            untrusted = skops.io.get_untrusted_types(file=self.model_path)
+        except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as exc:  # not a file this toolkit wrote
+            raise ToolkitError(f"not a readable skops file: {first_line(exc)}", where=where, hint=hint) from None
+        unexpected = sorted(set(untrusted) - ALLOWED_TYPES)
         if unexpected:
             raise ToolkitError(f"refusing to load a classifier holding unexpected types: {', '.join(unexpected)}",
-                               where=str(self.model_path), hint="delete it to retrain from the examples")
-        return skops.io.load(self.model_path, trusted=untrusted)
+                               where=where, hint=hint)
+        pipeline = skops.io.load(self.model_path, trusted=untrusted)
+        if not isinstance(pipeline, Pipeline):
+            raise ToolkitError(f"holds a {type(pipeline).__name__}, not the classifier pipeline", where=where, hint=hint)
+        return pipeline
 
     def evaluate(self, scenarios: list[str], responses: list[str]) -> list[Verdict]:
         _check_lengths(scenarios, responses)
@@ -323,7 +348,7 @@ def load_judge(path: str, model_cfg: ModelConfig | None):
     base = model_cfg or ModelConfig()
     # the judge is another model: only loading options carry over, not the base's revision or chat template
     judge_cfg = ModelConfig(name_or_path=path, trust_remote_code=base.trust_remote_code,
-                            attn_implementation=base.attn_implementation)
+                            allow_pickle=base.allow_pickle, attn_implementation=base.attn_implementation)
     try:
         tokenizer = load_tokenizer(path, judge_cfg)  # sets pad = eos when the tokenizer has no pad token
         model = load_model(path, judge_cfg, dtype=torch.float32)

@@ -45,6 +45,8 @@ class DreamLoop:
 
     def cycle(self, model, tokenizer, step: int, progress: float, phase_temperature=None) -> tuple[dict, list[dict]]:
         """Run one cycle; returns (summary, one record per judged response) for the journal."""
+        if self.evaluator is None:  # build_dream gives the judge to the main process only
+            raise RuntimeError("dream cycles run on the main process only; the others load its state")
         cfg = self.cfg
         failure_rate = self.policy.failure_rate()  # the rate that sets this cycle's temperature
         temperature = self.policy.temperature(progress, phase_temperature)

@@ -7,6 +7,10 @@ before answering. One lock guards loading and generation, so concurrent requests
 
 Security: the CLI binds 127.0.0.1 unless told otherwise, and any other host needs a token. With a token,
 every route (the page included) needs `Authorization: Bearer TOKEN` or `?token=TOKEN`; else 401.
+Limits (the run's `serve` recipe section, `ServeConfig`): a larger body gets 413 before it is read; invalid
+or non-finite values, too many new tokens or a longer prompt get 422; a reply is cut at the time limit, so
+no request holds the model lock longer. Loading trusts the command line only: `trust_remote_code` and
+`allow_pickle` in the run directory's resolved recipe are ignored (anyone who can write there would choose).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from toolkit.errors import ToolkitError
 from toolkit.journal import SEVERITIES
+from toolkit.recipe import ServeConfig
 from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
 
 PAGE = Path(__file__).with_name("page.html")
@@ -54,11 +60,19 @@ class NoCheckpoint(Exception):
     pass
 
 
-class ModelHolder:
-    """The newest checkpoint's model and tokenizer, loaded on first use and reloaded when a newer one appears."""
+class PromptTooLong(Exception):
+    pass
 
-    def __init__(self, run_dir: Path):
+
+class ModelHolder:
+    """The newest checkpoint's model and tokenizer, loaded on first use and reloaded when a newer one appears.
+    `trust_remote_code` and `allow_pickle` come from the caller (the command line), never from the run directory."""
+
+    def __init__(self, run_dir: Path, limits: ServeConfig | None = None, trust_remote_code: bool = False,
+                 allow_pickle: bool = False):
         self.run_dir = Path(run_dir)
+        self.limits = limits or ServeConfig()
+        self.trusted = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
         self.lock = threading.Lock()
         self.model = None
         self.tokenizer = None
@@ -106,7 +120,7 @@ class ModelHolder:
 
             tokenizer = load_tokenizer(str(adapter), model_cfg)
             base = load_model(self._base_path(adapter, model_cfg), model_cfg, dtype=dtype)
-            model = load_adapter(base, adapter)
+            model = load_adapter(base, adapter, allow_pickle=self.trusted["allow_pickle"])
         elif (full / "config.json").is_file():
             tokenizer = load_tokenizer(str(full), model_cfg)
             model = load_model(str(full), model_cfg, dtype=dtype)
@@ -125,10 +139,11 @@ class ModelHolder:
         section = {}
         if recipe_path.is_file():
             section = (yaml.safe_load(recipe_path.read_text()) or {}).get("model") or {}
+        section = {**section, **self.trusted}  # the run directory's recipe does not decide what code runs here
         try:
             return ModelConfig.model_validate(section)
         except ValueError:
-            return ModelConfig(name_or_path=str(section.get("name_or_path", TINY_HYBRID)))
+            return ModelConfig(name_or_path=str(section.get("name_or_path", TINY_HYBRID)), **self.trusted)
 
     def _base_path(self, adapter: Path, model_cfg) -> str:
         """The adapter's base: the recipe's model (RUN/base-model for tiny-hybrid), else adapter_config's."""
@@ -142,16 +157,23 @@ class ModelHolder:
             raise ToolkitError("cannot tell the adapter's base model", where=str(adapter / "adapter_config.json"))
         return base
 
-    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int) -> tuple[str, int]:
-        from toolkit.dream.generate import chat_prompt, generate
+    def chat(self, messages: list[dict], temperature: float, max_new_tokens: int,
+             top_p: float = 1.0) -> tuple[str, int, str]:
+        """(reply, checkpoint step, why the reply stopped); PromptTooLong past limits.max_prompt_tokens."""
+        from toolkit.chat import chat_prompt, encode_prompt
+        from toolkit.serve.reply import reply
 
         with self.lock:
             self._ensure()
             self.calls += 1
-            prompt = chat_prompt(self.tokenizer, messages)
-            reply = generate(self.model, self.tokenizer, [prompt], temperature=temperature,
-                             max_new_tokens=max_new_tokens, batch_size=1, seed=self.calls)[0]
-            return reply, self.step
+            prompt_ids = encode_prompt(self.tokenizer, chat_prompt(self.tokenizer, messages))
+            if len(prompt_ids) > self.limits.max_prompt_tokens:
+                raise PromptTooLong(f"the prompt is {len(prompt_ids)} tokens; this server takes at most "
+                                    f"{self.limits.max_prompt_tokens} (serve.max_prompt_tokens)")
+            text, stopped = reply(self.model, self.tokenizer, prompt_ids, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens, seconds=self.limits.generation_timeout_s,
+                                  seed=self.calls)
+            return text, self.step, stopped
 
 
 class Message(BaseModel):
@@ -162,18 +184,76 @@ class Message(BaseModel):
 class ChatRequest(BaseModel):
     messages: list[Message] | None = None
     prompt: str | None = None
-    temperature: float = Field(0.7, ge=0.0, le=5.0)
-    max_new_tokens: int = Field(128, ge=1, le=2048)
+    temperature: float = Field(0.7, ge=0.0, le=5.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_new_tokens: int = Field(128, ge=1)  # at most the server's serve.max_new_tokens
 
 
-def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.0) -> FastAPI:
+def serve_limits(run_dir: Path) -> ServeConfig:
+    """The run's `serve` section (its resolved recipe), else the defaults."""
+    import yaml
+
+    recipe_path = run_dir / "resolved_recipe.yaml"
+    section = (yaml.safe_load(recipe_path.read_text()) or {}).get("serve") if recipe_path.is_file() else None
+    try:
+        return ServeConfig.model_validate(section or {})
+    except ValueError as exc:
+        raise ToolkitError(f"invalid serve section: {exc.errors()[0]['msg']}", where=str(recipe_path)) from None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413, by its Content-Length before anything is read,
+    or as soon as a streamed body passes the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self.too_large()(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # raised inside the route's body read, FastAPI answers it as a 413
+                raise HTTPException(413, self.message())
+            return message
+
+        return await self.app(scope, counted, send)
+
+    def message(self) -> str:
+        return f"request body over {self.max_bytes} bytes (serve.max_body_bytes)"
+
+    def too_large(self) -> JSONResponse:
+        return JSONResponse({"detail": self.message()}, status_code=413)
+
+
+def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable line and without echoing the input (a NaN in it made the default response a 500)."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+
+def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.0, limits: ServeConfig | None = None,
+               trust_remote_code: bool = False, allow_pickle: bool = False) -> FastAPI:
+    """The app over `run_dir`. `limits` default to the run's serve section; `trust_remote_code` and
+    `allow_pickle` are the command line's (the run directory's recipe is not asked)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ToolkitError("run directory not found", where=str(run_dir))
     if not (run_dir / "journal.jsonl").is_file():
         raise ToolkitError("no journal.jsonl: is this a run directory?", where=str(run_dir))
     metrics_path, journal_path = run_dir / "metrics.jsonl", run_dir / "journal.jsonl"
-    holder = ModelHolder(run_dir)
+    limits = limits or serve_limits(run_dir)
+    holder = ModelHolder(run_dir, limits, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
     def authorize(request: Request) -> None:
         if not token:
@@ -186,6 +266,8 @@ def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.
 
     app = FastAPI(title="toolkit serve", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(authorize)])
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.state.holder = holder
 
     @app.get("/", response_class=HTMLResponse)
@@ -245,12 +327,17 @@ def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.
             messages = [{"role": "user", "content": body.prompt}]
         else:
             raise HTTPException(422, "send {\"messages\": [...]} or {\"prompt\": \"...\"}")
+        if body.max_new_tokens > limits.max_new_tokens:
+            raise HTTPException(422, f"max_new_tokens: at most {limits.max_new_tokens} (serve.max_new_tokens)")
         try:
-            reply, step = holder.chat(messages, body.temperature, body.max_new_tokens)
+            reply, step, stopped = holder.chat(messages, body.temperature, body.max_new_tokens, body.top_p)
         except NoCheckpoint as exc:
             raise HTTPException(409, str(exc)) from None
+        except PromptTooLong as exc:
+            raise HTTPException(422, str(exc)) from None
         except ToolkitError as exc:
             raise HTTPException(500, exc.one_line()) from None
-        return {"reply": reply, "checkpoint_step": step}
+        # stopped: end_of_turn, max_new_tokens, or time_limit (cut at serve.generation_timeout_s)
+        return {"reply": reply, "checkpoint_step": step, "stopped": stopped}
 
     return app
