@@ -420,8 +420,9 @@ def _compare(bases_a: dict, bases_b: dict) -> dict:
 # ---------------------------------------------------------------- truncation sweep
 
 
-def _load_base(adapter: Path, device: torch.device):
-    """(model, tokenizer, loaded recipe or None) for the adapter's base model."""
+def _load_base(adapter: Path, device: torch.device, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """(model, tokenizer, loaded recipe or None) for the adapter's base model. `trust_remote_code` and
+    `allow_pickle` are the caller's (the command line): the run directory's recipe does not decide what code runs."""
     from toolkit.model import load_model, load_tokenizer
     from toolkit.recipe import ModelConfig
 
@@ -434,7 +435,8 @@ def _load_base(adapter: Path, device: torch.device):
 
         loaded = load_recipe(run_dir / "resolved_recipe.yaml")
         recipe = loaded.recipe
-        model_cfg = recipe.model
+        model_cfg = recipe.model.model_copy(update={"trust_remote_code": trust_remote_code,
+                                                    "allow_pickle": allow_pickle})
         try:
             path = resolve_model_path(model_cfg, run_dir / "base-model", lambda: source_texts(recipe.data),
                                       recipe.run.seed)
@@ -445,7 +447,7 @@ def _load_base(adapter: Path, device: torch.device):
         if not path:
             raise ToolkitError("cannot tell the adapter's base model (no resolved_recipe.yaml above it, no "
                                "base_model_name_or_path)", where=str(adapter / ADAPTER_CONFIG))
-        model_cfg = ModelConfig(name_or_path=path)
+        model_cfg = ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
         tokenizer = load_tokenizer(path, model_cfg)
@@ -562,7 +564,8 @@ def _delta_hook(b: torch.Tensor, a: torch.Tensor):
     return hook
 
 
-def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None) -> dict:
+def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None, trust_remote_code: bool = False,
+                     allow_pickle: bool = False) -> dict:
     """Behavior retained by the top-k directions of each delta, k = 8 … 256 below the LoRA r, the measured rank and
     r itself. `rank` is the LoRA r (the largest over modules); `measured_rank` the largest numerical rank."""
     adapter = find_adapter(run_or_adapter)
@@ -572,7 +575,7 @@ def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None)
     measured, energy = measured_rank(spectra(factors, dtypes))
     ks = sorted({k for k in SWEEP_KS if k < rank} | {k for k in (measured, rank) if k >= 1})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, loaded = _load_base(adapter, device)
+    model, tokenizer, loaded = _load_base(adapter, device, trust_remote_code, allow_pickle)
     examples, described, batch_size, skipped = _behavior_examples(loaded, tokenizer, Path(data) if data else None)
 
     def loss_with(f):
@@ -640,10 +643,10 @@ def verdict(truncation: dict, threshold: float = RETAIN_THRESHOLD) -> dict:
 
 
 def rank_report(run_a: str | Path, run_b: str | Path | None = None, data: str | Path | None = None,
-                out: str | Path | None = None) -> dict:
+                out: str | Path | None = None, trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
     """Profiles of one or two adapters, their subspace similarity, the truncation sweep of the higher-rank one and
     the verdict; written to OUT/rank.json and OUT/rank.md (default RUN_A/reports/). Returns the report with
-    `paths`."""
+    `paths`. The base model loads with `trust_remote_code` / `allow_pickle` as given, never the run's recipe's."""
     section_a, bases_a = adapter_profile(run_a)
     report = {"threshold": RETAIN_THRESHOLD, "run_a": section_a}
     swept = run_a
@@ -653,7 +656,8 @@ def rank_report(run_a: str | Path, run_b: str | Path | None = None, data: str | 
         report["similarity"] = _compare(bases_a, bases_b)
         if section_b["max_rank"] > section_a["max_rank"]:
             swept = run_b
-    report["truncation"] = truncation_sweep(swept, data)
+    report["truncation"] = truncation_sweep(swept, data, trust_remote_code=trust_remote_code,
+                                            allow_pickle=allow_pickle)
     report["verdict"] = verdict(report["truncation"])
     if out is None:
         adapter = find_adapter(run_a)

@@ -22,6 +22,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state = {"debug": False}
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
+# loading options for commands that read a run directory: its resolved recipe never decides what code runs
+TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Let the model's own Python code run "
+                                                                               "(the run's recipe is not asked).")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load pickle weights (pytorch_model.bin, "
+                                                                      "adapter_model.bin) when no safetensors exist.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.max_steps=10 (repeatable).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in run.output_dir.")]
 StopAtOpt = Annotated[int | None, typer.Option("--stop-at", help="Checkpoint and stop after this step; resume later "
@@ -170,6 +175,24 @@ def dream(
     typer.echo("\n".join(f"{k:<20} {v}" for k, v in summary.items()))
 
 
+@app.command("eval")
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory: its final weights (or newest checkpoint) vs its base.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Held-out JSONL of {\"prompt\", \"positive\", "
+                                                                   "\"negative\"} (default: the recipe's eval.prompts).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Greedy reply length.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", min=0, help="Replies shown side by side in eval.md.")] = None,
+):
+    """Base vs tuned on held-out prompts: log-prob margins with confidence intervals, evaluator pass rates."""
+    _quiet_libraries()
+    from toolkit.evaluate import evaluate_run, summary_lines
+
+    settings = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("samples", samples)) if v is not None}
+    report = evaluate_run(run_dir, prompts, **settings)
+    typer.echo("\n".join(summary_lines(report)))
+    typer.echo(f"report: {report['paths']['markdown']}\nreport: {report['paths']['json']}")
+
+
 @app.command("journal")
 def journal_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (holds journal.jsonl).")],
@@ -202,6 +225,8 @@ def serve(
     token: Annotated[str | None, typer.Option("--token", envvar="TOOLKIT_SERVE_TOKEN",
                                               help="Require Authorization: Bearer TOKEN (or ?token=) on every "
                                                    "request (env TOOLKIT_SERVE_TOKEN).")] = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
 ):
     """Talk to the newest checkpoint while the run trains, and watch loss, draws, dreams and alerts live."""
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
@@ -209,7 +234,7 @@ def serve(
                            hint="pass --token TOKEN or set TOOLKIT_SERVE_TOKEN, or bind 127.0.0.1")
     from toolkit.serve.app import create_app
 
-    fastapi_app = create_app(run_dir, token=token)
+    fastapi_app = create_app(run_dir, token=token, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     _quiet_libraries()
     import uvicorn
 
@@ -229,12 +254,15 @@ def analyze_rank(
     data: Annotated[Path | None, typer.Option("--data", help="Behavior data JSONL for the truncation sweep "
                                                              "(default: the run's validation examples).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report directory (default RUN_A/reports/).")] = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
 ):
     """Effective rank of each LoRA delta, two runs' subspace similarity, a truncation sweep: would rank 64 do?"""
     _quiet_libraries()
     from analysis.rank import rank_report
 
-    report = rank_report(run_a, run_b, data=data, out=out)
+    report = rank_report(run_a, run_b, data=data, out=out, trust_remote_code=trust_remote_code,
+                         allow_pickle=allow_pickle)
     typer.echo(report["verdict"]["text"])
     typer.echo(f"report: {report['paths']['json']}\nreport: {report['paths']['markdown']}")
 
@@ -246,18 +274,25 @@ def analyze_head_diff(
     prompts: Annotated[Path, typer.Option("--prompts", help="Probe prompts JSONL ({\"prompt\"} | {\"messages\"} | {\"text\"}).")],
     out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("reports/head-diff"),
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=8, help="Probes are cut to this many tokens.")] = 256,
+    control: Annotated[Path | None, typer.Option("--control", help="A control run: the same recipe and length on "
+                                                                   "neutral data (README: head-diff).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=1e-6, max=0.5, help="False discovery rate "
+                                                                            "(Benjamini-Hochberg).")] = 0.05,
 ):
-    """Which attention heads and which GDN heads changed: base vs tuned, ranked against a noise floor."""
+    """Which attention heads and which GDN heads changed beyond a null: a control run's change, or without one
+    each head's propagated change."""
     _quiet_libraries()
     from analysis.head_diff import run_head_diff
 
     if not prompts.is_file():
         raise ToolkitError("probe prompts file not found", where=str(prompts))
-    result = run_head_diff(base, tuned, prompts, out, base_model=base, max_tokens=max_tokens)
-    summary = result.get("summary", {})
-    if summary.get("concentration"):
-        typer.echo(summary["concentration"])
-    typer.echo(f"report: {out / 'head_diff.md'}\nreport: {out / 'head_diff.json'}")
+    if control is not None and not control.exists():
+        raise ToolkitError("control run not found", where=str(control))
+    result = run_head_diff(base, tuned, prompts, out, base_model=base, max_tokens=max_tokens, control=control,
+                           alpha=alpha)
+    for answer in result.get("summary", {}).get("answers", [])[:1]:
+        typer.echo(answer["answer"])
+    typer.echo("\n".join(f"report: {out / name}" for name in ("head_diff.html", "head_diff.md", "head_diff.json")))
 
 
 steer_app = typer.Typer(no_args_is_help=True, help="Steering vectors and linear probes on contrastive pairs.")
@@ -305,15 +340,14 @@ def steer_sweep(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation length for the evaluator.")] = 32,
     batch_size: SteerBatchOpt = 8,
 ):
-    """Add coefficient x vector to the residual stream; measure margins, steerability, off-target KL."""
+    """Add coefficient x vector to the residual stream; margins with bootstrap CIs, monotonicity, off-target KL."""
     _quiet_libraries()
-    from analysis.steering import sweep_command
+    from analysis.steering import describe_layer, sweep_command
 
     result = sweep_command(model, vector, layers, coefficients, prompts, out, neutral_path=neutral,
                            evaluator_recipe=evaluator_recipe, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    for layer, info in result["layers"].items():
-        if info["mean_slope"] is not None:
-            typer.echo(f"layer {layer}: mean slope {info['mean_slope']:.4g}, wrong sign {info['wrong_sign_share']:.0%}")
+    for line in filter(None, (describe_layer(layer, info) for layer, info in result["layers"].items())):
+        typer.echo(line)
     typer.echo(f"report: {result['paths']['json']}\nreport: {result['paths']['csv']}\nreport: {result['paths']['png']}")
 
 
@@ -327,18 +361,19 @@ def steer_probe(
     tuned: Annotated[Path | None, typer.Option("--tuned", help="A run or adapter of --model: cosine of the vector with "
                                                                "the fine-tune's mean activation shift.")] = None,
     position: SteerPositionOpt = "last",
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds.")] = 5,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds (both sides of a pair in one).")] = 5,
+    permutations: Annotated[int, typer.Option("--permutations", min=0, help="Label permutations for the control "
+                                                                            "(0: none).")] = 100,
     batch_size: SteerBatchOpt = 8,
 ):
-    """Per-layer linear probes (logistic regression, difference of means) with a shuffled-label control."""
+    """Per-layer linear probes (logistic regression, difference of means) with a permutation control."""
     _quiet_libraries()
-    from analysis.probes import probe_command
+    from analysis.probes import describe_layer, probe_command
 
     result = probe_command(model, pairs, layers, out, vector_dir=vector, position=position, n_splits=folds,
-                           batch_size=batch_size, tuned=tuned)
+                           batch_size=batch_size, tuned=tuned, n_permutations=permutations)
     for layer, info in result["layers"].items():
-        typer.echo(f"layer {layer}: logreg acc {info['logreg']['accuracy']:.2f} (shuffled "
-                   f"{info['logreg_shuffled']['accuracy']:.2f}), diff-means acc {info['diff_means']['accuracy']:.2f}")
+        typer.echo(describe_layer(layer, info))
     typer.echo(f"report: {out / 'probes.json'}")
 
 

@@ -51,6 +51,8 @@ class ModelConfig(Section):
     name_or_path: str = "tiny-hybrid"  # "tiny-hybrid", a local directory, or a hub id
     revision: str | None = None
     trust_remote_code: bool = False
+    # load pickle weights (pytorch_model.bin, adapter_model.bin) where no safetensors exist: unpickling can run code
+    allow_pickle: bool = False
     attn_implementation: str | None = "sdpa"
     tiny: TinyHybridConfig = TinyHybridConfig()
     chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
@@ -185,7 +187,7 @@ class CurriculumConfig(Section):
     order: Literal["easy_to_hard", "hard_to_easy", "mixed", "random"] = "mixed"
     sampler: Literal["ucb1", "exp3", "weighted", "uniform"] = "weighted"
     c: float = Field(math.sqrt(2), ge=0)  # UCB1 exploration
-    window: int | None = Field(None, ge=1)  # sliding-window UCB1: the last N draws
+    window: int | None = Field(None, ge=1)  # windowed UCB1: each source's last N rewards
     discount: float | None = Field(None, gt=0, lt=1)  # discounted UCB1
     gamma: float = Field(0.1, gt=0, le=1)  # EXP3 exploration
     reward: Literal["learning_progress", "neg_loss", "score"] = "learning_progress"
@@ -407,6 +409,25 @@ class AnalysisConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    """Held-out behavior evaluation at the end of `toolkit finetune` (also `toolkit eval RUN`): base vs tuned
+    log-prob margins and evaluator pass rates on prompts never trained on (toolkit/evaluate.py)."""
+
+    prompts: str | None = None  # JSONL of {"prompt", "positive", "negative"}; unset: no evaluation
+    max_new_tokens: int = Field(48, ge=1)  # greedy replies the evaluator judges
+    batch_size: int = Field(8, ge=1)  # generation batch
+    samples: int = Field(5, ge=0)  # greedy replies shown side by side in RUN/reports/eval.md
+
+
+class ServeConfig(Section):
+    """Limits of `toolkit serve`'s chat, so one request cannot hold the model for long."""
+
+    max_body_bytes: int = Field(65536, ge=1024)  # larger request bodies get 413
+    max_prompt_tokens: int = Field(4096, ge=1)  # longer rendered prompts get 422
+    max_new_tokens: int = Field(2048, ge=1)  # larger requests get 422
+    generation_timeout_s: float = Field(60.0, gt=0, allow_inf_nan=False)  # a reply is cut here (`stopped: time_limit`)
+
+
 Tracker = Literal["tensorboard", "wandb", "mlflow"]
 
 
@@ -428,6 +449,8 @@ class Recipe(Section):
     monitor: MonitorConfig = MonitorConfig()
     dream: DreamConfig = DreamConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property
