@@ -26,8 +26,14 @@ c_attn and its rows of c_proj. A GDN value head owns its v/z/a/b rows, its out_p
 and the q/k rows (and conv channels) of its key-head group; Qwen3-Next fuses the projections per key-head
 group (`in_proj_qkvz` rows [q | k | v_1..v_r | z_1..z_r] per group, `in_proj_ba` [b_1..b_r | a_1..a_r]).
 
+Counterfactual run (`capture_model(..., swap_in=base_capture.mixers)`): per prompt a second pass with every
+token mixer's parameters (attention / GDN module: q/k/v/o, q_norm/k_norm, in_proj_*, conv1d, A_log, dt_bias, ...)
+swapped for another model's, and each mixer's input (`blocks.L.attn.hook_in` / `blocks.L.linear_attn.hook_in`)
+patched to this model's own: every head as the base computes it on the tuned model's inputs. A head whose own
+parameters did not move gives exactly the same pattern as in the plain run, so its change is all propagated.
+
 Memory: each GDN and attention head keeps a T x T float32 matrix per prompt; prompts are cut to
-`max_tokens` (default 256) tokens.
+`max_tokens` (default 256) tokens. `reduce(index, item)` shrinks each prompt's item as it is made.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import copy
 import json
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +188,7 @@ class ModelCapture:
     heads: list[HeadInfo]
     prompts: list[dict]  # per prompt: {"tokens", "attention": {name: TxT}, "gdn": {name: {beta, log_decay, implicit}}}
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # head name -> slices
+    mixers: dict[str, torch.Tensor] | None = None  # `mixer_state`, with capture_model(keep_mixers=True)
 
 
 def _text_config(config):
@@ -238,8 +246,8 @@ def _conv1d_attention_slices(attn, head: int) -> dict[str, torch.Tensor]:
 def attention_head_slices(attn, head: int) -> dict[str, torch.Tensor] | None:
     """The weights one full-attention head owns: q_proj rows (Qwen3.5 interleaves [query | gate] per head:
     rows head*2d .. (head+1)*2d, not the first/second half), k/v rows of its kv group, o_proj columns
-    (and the q/k/v bias entries where the projections have biases). GPT-2's Conv1D: see
-    `_conv1d_attention_slices`. None for a layout this does not know."""
+    (and the q/k/v bias entries where the projections have biases, and the q_norm/k_norm weights it shares).
+    GPT-2's Conv1D: see `_conv1d_attention_slices`. None for a layout this does not know."""
     if hasattr(attn, "c_attn") and hasattr(attn, "c_proj"):
         return _conv1d_attention_slices(attn, head)
     if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
@@ -267,6 +275,10 @@ def attention_head_slices(attn, head: int) -> dict[str, torch.Tensor] | None:
                             ("v_bias", attn.v_proj, kv_rows)):
         if getattr(proj, "bias", None) is not None:
             out[key] = proj.bias[rows]
+    for key in ("q_norm", "k_norm"):  # Qwen3.5 / Qwen3-Next: shared by the layer's heads, shapes every pattern
+        weight = getattr(getattr(attn, key, None), "weight", None)
+        if weight is not None:
+            out[key] = weight
     return out
 
 
@@ -328,6 +340,61 @@ def head_weights(hf_model, heads: list[HeadInfo]) -> dict[str, dict[str, torch.T
         if sl is not None:
             out[h.name] = {k: v.detach().float().cpu().clone() for k, v in sl.items()}
     return out
+
+
+# ---------------------------------------------------------------- token mixers: state and swap (at the bridge)
+
+
+def _bridge_mixers(bridge) -> list[tuple[int, torch.nn.Module]]:
+    """(layer, bridge component) of every block's token mixer. Read at the bridge, not the HF module: for some
+    layouts (GPT-2's fused c_attn) the bridge keeps its own split q/k/v weights and computes from those."""
+    kinds = {h.layer: h.kind for h in list_heads(bridge.original_model.config)}
+    return [(i, getattr(bridge.blocks[i], "linear_attn" if kind == "gdn" else "attn"))
+            for i, kind in sorted(kinds.items())]
+
+
+def mixer_state(bridge) -> dict[str, torch.Tensor]:
+    """A CPU copy of every token-mixer parameter of a booted bridge, keyed `{layer}.{name}`."""
+    return {f"{i}.{name}": p.detach().to("cpu", copy=True)
+            for i, module in _bridge_mixers(bridge) for name, p in module.named_parameters()}
+
+
+@dataclass
+class MixerSwap:
+    pairs: list[list]  # [parameter, the other model's tensor]: `swapped` exchanges them
+    changed_layers: set[int]  # layers whose token mixers differ between the two models
+
+
+def mixer_swap(bridge, state: dict[str, torch.Tensor]) -> MixerSwap:
+    """Pair a booted bridge's token-mixer parameters with the same-named ones of `state` (`mixer_state` of a model
+    of the same architecture)."""
+    pairs, changed = [], set()
+    for i, module in _bridge_mixers(bridge):
+        for name, p in module.named_parameters():
+            other = state.get(f"{i}.{name}")
+            if other is None or other.shape != p.shape:
+                raise ValueError(f"layer {i} {name}: the two models' token mixers differ; compare models of one "
+                                 "architecture")
+            other = other.to(p.device, p.dtype)
+            if not torch.equal(other, p.detach()):
+                changed.add(i)
+            pairs.append([p, other])
+    return MixerSwap(pairs, changed)
+
+
+def _exchange(pairs: list[list]) -> None:
+    for pair in pairs:  # pointer swap: no copy, the bridge reads the same Parameter objects
+        pair[0].data, pair[1] = pair[1], pair[0].data
+
+
+@contextmanager
+def swapped(swap: MixerSwap):
+    """Run with the other model's token-mixer parameters in place; restored on exit."""
+    _exchange(swap.pairs)
+    try:
+        yield
+    finally:
+        _exchange(swap.pairs)
 
 
 # ---------------------------------------------------------------- the GDN implicit attention matrix
@@ -395,6 +462,11 @@ def _hook_names(heads: list[HeadInfo]) -> set[str]:
     return names
 
 
+def _input_hook_names(heads: list[HeadInfo]) -> set[str]:
+    """Each token mixer's input: what the counterfactual run patches."""
+    return {f"blocks.{h.layer}.{'attn' if h.kind == 'attention' else 'linear_attn'}.hook_in" for h in heads}
+
+
 def encode(text: str, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.Tensor:
     from toolkit.chat import encode_prompt  # one BOS rule: a template that writes BOS gets no second one
 
@@ -404,53 +476,86 @@ def encode(text: str, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS) -> torch.
     return ids
 
 
-def capture_bridge(bridge, prompts, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS,
-                   keep_raw: bool = False) -> list[dict]:
+def _collect(cache, heads: list[HeadInfo], delta_rule) -> dict:
+    """{"attention": {head: T x T pattern}, "gdn": {head: {beta, log_decay, implicit}}} from hook values."""
+    item = {"attention": {}, "gdn": {}}
+    kinds = {h.layer: h.kind for h in heads}
+    for layer in sorted(kinds):
+        if kinds[layer] == "attention":
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0].float().cpu()  # [heads, T, T]
+            for h in range(pattern.shape[0]):
+                item["attention"][f"L{layer}.H{h}"] = pattern[h].clone()
+            continue
+        p = f"blocks.{layer}.linear_attn"
+        q, k = cache[f"{p}.hook_q"], cache[f"{p}.hook_k"]
+        beta, g = cache[f"{p}.hook_beta"].float(), cache[f"{p}.hook_log_decay"].float()
+        A = implicit_attention(q, k, g, beta, delta_rule).cpu()
+        for h in range(A.shape[0]):
+            item["gdn"][f"L{layer}.H{h}"] = {"beta": beta[0, :, h].cpu().clone(),
+                                             "log_decay": g[0, :, h].cpu().clone(), "implicit": A[h].clone()}
+    return item
+
+
+def _counterfactual(bridge, ids, cache, item: dict, heads: list[HeadInfo], delta_rule, swap: MixerSwap) -> dict:
+    """Every head with the swapped-in parameters on this model's own mixer inputs (read from `cache`, patched in).
+    Layers whose mixers are the same in both models compute exactly what they did: their values are reused."""
+    heads = [h for h in heads if h.layer in swap.changed_layers]
+    out = {"attention": dict(item["attention"]), "gdn": dict(item["gdn"])}
+    if not heads:
+        return out
+    inputs = {n: cache[n] for n in _input_hook_names(heads)}
+    store = {}
+    hooks = [(n, lambda t, hook, n=n: inputs[n]) for n in inputs]
+    hooks += [(n, lambda t, hook, n=n: store.__setitem__(n, t.detach())) for n in _hook_names(heads)]
+    with swapped(swap):
+        bridge.run_with_hooks(ids, use_cache=False, fwd_hooks=hooks)
+    changed = _collect(store, heads, delta_rule)
+    out["attention"].update(changed["attention"])
+    out["gdn"].update(changed["gdn"])
+    return out
+
+
+def capture_bridge(bridge, prompts, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, keep_raw: bool = False,
+                   swap: MixerSwap | None = None, reduce=None) -> list[dict]:
     """Per prompt: tokens, per-attention-head patterns, per-GDN-head beta/log_decay/implicit matrix.
 
     `prompts`: strings or probe rows (dicts, see `prompt_text`). `keep_raw` also keeps the raw GDN hooks per
-    layer (`gdn_raw`: q, k, v, beta, log_decay, recurrence_out, gate_input) for checks.
+    layer (`gdn_raw`: q, k, v, beta, log_decay, recurrence_out, gate_input) for checks. `swap` (a
+    `mixer_swap`) adds `counterfactual`: the same per-head values from the swapped-in parameters on this model's
+    own mixer inputs. `reduce(index, item)` replaces each item as it is made.
     """
     hf = bridge.original_model
     heads = list_heads(hf.config)
     names = _hook_names(heads)
+    inputs = _input_hook_names([h for h in heads if h.layer in swap.changed_layers]) if swap is not None else set()
     delta_rule = _delta_rule_fn(hf)
     device = next(hf.parameters()).device
     out = []
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
         text = prompt if isinstance(prompt, str) else prompt_text(prompt, tokenizer)
         ids = encode(text, tokenizer, max_tokens).to(device)
         with torch.no_grad():
-            _, cache = bridge.run_with_cache(ids, use_cache=False, names_filter=lambda n: n in names)
-            item = {"tokens": ids[0].tolist(), "attention": {}, "gdn": {}}
+            _, cache = bridge.run_with_cache(ids, use_cache=False, names_filter=lambda n: n in names or n in inputs)
+            item = {"tokens": ids[0].tolist(), **_collect(cache, heads, delta_rule)}
             if keep_raw:
-                item["gdn_raw"] = {}
-            for layer in sorted({h.layer for h in heads}):
-                if f"blocks.{layer}.attn.hook_pattern" in names:
-                    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0].float().cpu()  # [heads, T, T]
-                    for h in range(pattern.shape[0]):
-                        item["attention"][f"L{layer}.H{h}"] = pattern[h].clone()
-                    continue
-                p = f"blocks.{layer}.linear_attn"
-                q, k = cache[f"{p}.hook_q"], cache[f"{p}.hook_k"]
-                beta, g = cache[f"{p}.hook_beta"].float(), cache[f"{p}.hook_log_decay"].float()
-                A = implicit_attention(q, k, g, beta, delta_rule).cpu()
-                for h in range(A.shape[0]):
-                    item["gdn"][f"L{layer}.H{h}"] = {"beta": beta[0, :, h].cpu().clone(),
-                                                     "log_decay": g[0, :, h].cpu().clone(),
-                                                     "implicit": A[h].clone()}
-                if keep_raw:
-                    item["gdn_raw"][layer] = {n: cache[f"{p}.hook_{n}"].float().cpu() for n in
-                                              ("q", "k", "v", "beta", "log_decay", "recurrence_out", "gate_input")}
-        out.append(item)
+                item["gdn_raw"] = {
+                    layer: {n: cache[f"blocks.{layer}.linear_attn.hook_{n}"].float().cpu()
+                            for n in ("q", "k", "v", "beta", "log_decay", "recurrence_out", "gate_input")}
+                    for layer in sorted({h.layer for h in heads if h.kind == "gdn"})}
+            if swap is not None:
+                item["counterfactual"] = _counterfactual(bridge, ids, cache, item, heads, delta_rule, swap)
+        out.append(reduce(index, item) if reduce else item)
     return out
 
 
 def capture_model(model, prompts, tokenizer=None, max_tokens: int = DEFAULT_MAX_TOKENS,
-                  device: str | None = None, base: str | None = None) -> ModelCapture:
+                  device: str | None = None, base: str | None = None, swap_in: dict | None = None,
+                  reduce=None, keep_mixers: bool = False) -> ModelCapture:
     """Capture every prompt and keep each head's weight slices. `model`: a loaded HF causal LM, or a model dir,
     hub id, adapter dir or run dir (loaded with `load_capture_model`, adapter merged in memory, `base` the
-    adapter's base); a model loaded here is freed afterwards. The tokenizer defaults to the model's own."""
+    adapter's base); a model loaded here is freed afterwards. The tokenizer defaults to the model's own.
+    `swap_in` (another model's `mixer_state`) adds the counterfactual run; `reduce`: see `capture_bridge`;
+    `keep_mixers` keeps this model's `mixer_state` (to swap into another)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(model, (str, Path)):
         model, loaded_tokenizer = load_capture_model(model, base, device=device)
@@ -460,9 +565,10 @@ def capture_model(model, prompts, tokenizer=None, max_tokens: int = DEFAULT_MAX_
     heads = list_heads(model.config)
     weights = head_weights(model, heads)
     bridge = boot_bridge(model, device=device, tokenizer=tokenizer)
-    result = ModelCapture(heads=heads, prompts=capture_bridge(bridge, prompts, tokenizer, max_tokens),
-                          weights=weights)
-    del bridge, model
+    swap = mixer_swap(bridge, swap_in) if swap_in is not None else None
+    result = ModelCapture(heads=heads, weights=weights, mixers=mixer_state(bridge) if keep_mixers else None,
+                          prompts=capture_bridge(bridge, prompts, tokenizer, max_tokens, swap=swap, reduce=reduce))
+    del bridge, model, swap
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return result

@@ -118,9 +118,13 @@ def test_head_diff_finds_exactly_the_perturbed_heads(family, family_dirs, pertur
         w = h["weight_rel_change"]
         assert w is not None, name
         assert (w > 1e-3) if name in changed else (w == 0.0), (name, w, h["weight_rel_change_parts"])
+        assert h["direct"] == (name in changed), name
+        if name not in changed:  # whatever moved it came from below: exactly its null, never significant
+            assert h["direct_score"] == 0.0 and h["score"] == h["propagated_score"] and h["excess"] == 0.0, name
+            assert not h["significant"], name
     # behavior: the perturbed heads move; the other heads of their layers and every earlier head do not
     for name in changed:
-        assert heads[name]["score"] > 1e-4, (name, heads[name]["score"])
+        assert heads[name]["score"] > 1e-4 and heads[name]["direct_score"] > 1e-4, (name, heads[name]["score"])
     first = min(heads[name]["layer"] for name in changed)
     for name, h in heads.items():
         if name not in changed and h["layer"] <= first:

@@ -1,19 +1,25 @@
 """analysis.capture and analysis.head_diff on tiny-hybrid (3 GDN layers x 4 value heads, 1 attention layer x 4
-heads): hook shapes and names, the exact GDN implicit matrix, self-diff = 0, a planted change found, q_proj
-interleaving, and a real LoRA run dir end to end."""
+heads): hook shapes and names, the exact GDN implicit matrix, q_proj interleaving, self-diff = nothing, planted
+heads (one, two, weak, GDN gates only) found, direct and significant while every other head is neither, a control
+run with the same kind of drift keeping the planted heads and dropping the drift, the report page in headless
+Chromium at 64 layers x 48 heads, and a real LoRA run dir end to end."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from analysis.capture import (MERGED_PREFIX, attention_head_slices, boot_bridge, capture, capture_bridge, list_heads,
-                              load_for_capture)
-from analysis.head_diff import run_head_diff
+from analysis.capture import (MERGED_PREFIX, attention_head_slices, boot_bridge, capture, capture_bridge,
+                              capture_model, gdn_head_slices, list_heads, load_capture_model, load_for_capture,
+                              prompt_text)
+from analysis.head_diff import capture_against, diff_captures, run_head_diff, summarize
 
 ATTN_LAYER = 3  # tiny-hybrid: layers 0-2 GDN, layer 3 full attention
 PROBES = [
@@ -25,6 +31,15 @@ PROBES = [
     {"prompt": "the lazy dog sleeps while the quick brown fox jumps"},
     {"text": "Line 9: the cat sleeps. Line 10: the fox jumps over the dog."},
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread and lose much to OpenMP waits when the other core is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -130,40 +145,234 @@ def test_q_proj_slicing_follows_the_interleaved_query_and_gate_rows(tiny_model_d
 
 
 def test_a_model_against_itself_changes_nothing(tiny_model_dir, probes, tmp_path):
-    result = run_head_diff(tiny_model_dir, tiny_model_dir, probes, tmp_path)
+    result = run_head_diff(tiny_model_dir, tiny_model_dir, probes, tmp_path, plot=False)
     assert len(result["heads"]) == 16 and result["n_prompts"] == len(PROBES)
     for h in result["heads"]:
-        assert h["score"] <= 1e-6 and h["matrix_distance"] <= 1e-6 and not h["above_noise"], h["name"]
-        assert h["weight_rel_change"] == 0.0
+        assert h["score"] <= 1e-6 and h["matrix_distance"] <= 1e-6, h["name"]
+        assert not h["significant"] and not h["direct"] and h["p_corrected"] == 1.0, h["name"]
+        assert h["weight_rel_change"] == 0.0 and h["excess"] == 0.0
     assert "No head changed" in result["summary"]["concentration"]
-    assert (tmp_path / "head_diff.json").is_file() and (tmp_path / "head_diff.md").is_file()
+    assert result["null"]["kind"] == "propagated" and result["null"]["too_few_probes"]  # 6 probes, 16 heads
+    assert "use more probes (at least 9)" in result["summary"]["answers"][0]["answer"]
+    for name in ("head_diff.json", "head_diff.md", "head_diff.html"):
+        assert (tmp_path / name).is_file(), name
 
 
-def test_a_planted_change_ranks_at_the_top_of_its_kind(tiny_model_dir, probes, tmp_path):
-    def plant(m):
-        attn = m.model.layers[ATTN_LAYER].self_attn
-        d = attn.head_dim
-        w = attention_head_slices(attn, 1)["q_proj"]
-        w[:d] = torch.randn(d, w.shape[1], generator=torch.Generator().manual_seed(2)) * w[:d].std() * 3
-        m.model.layers[1].linear_attn.A_log[1] -= 6.0  # L1.H1 decays ~400x slower: a long memory
+# ---------------------------------------------------------------- planted heads against the null
 
-    planted = _save_variant(tiny_model_dir, tmp_path / "planted", plant)
-    result = run_head_diff(tiny_model_dir, planted, probes, tmp_path / "out")
+PLANT_PROBES = [{"text": f"Line {i}: the quick brown fox jumps over the lazy dog while the cat sleeps. "
+                         f"User asked for item {i % 7}; the assistant answered with care."} for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def base_capture(tiny_model_dir):
+    """The base captured once on 12 probes (enough for BH over 16 heads: one-sided p >= 2^-12)."""
+    model, tokenizer = load_capture_model(str(tiny_model_dir))
+    texts = [prompt_text(r, tokenizer) for r in PLANT_PROBES]
+    return capture_model(model, texts, tokenizer, keep_mixers=True), texts, tokenizer
+
+
+def _noise(shape, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def query(layer: int, head: int, scale: float, seed: int = 2):
+    """Add noise of `scale` x the rows' std to the query rows (not the gate rows) of one attention head."""
+    def edit(m):
+        attn = m.model.layers[layer].self_attn
+        rows = attention_head_slices(attn, head)["q_proj"][:attn.head_dim]  # a view
+        rows += _noise(rows.shape, seed) * rows.std() * scale
+    return edit
+
+
+def gates(layer: int, head: int, d_a_log: float = 0.0, d_dt_bias: float = 0.0):
+    def edit(m):
+        sl = gdn_head_slices(m.model.layers[layer].linear_attn, head)
+        sl["A_log"] += d_a_log
+        sl["dt_bias"] += d_dt_bias
+    return edit
+
+
+def gdn_rows(layer: int, head: int, scale: float, seed: int = 4):
+    """Noise of `scale` x std on one GDN value head's own a/b/v rows (not the q/k rows its group shares)."""
+    def edit(m):
+        sl = gdn_head_slices(m.model.layers[layer].linear_attn, head)
+        for key in ("in_proj_a", "in_proj_b", "in_proj_v"):
+            sl[key] += _noise(sl[key].shape, seed) * sl[key].std() * scale
+    return edit
+
+
+def drift(scale: float, seed: int):
+    """Generic fine-tuning drift: every token-mixer weight of every layer moves a little."""
+    def edit(m):
+        gen = torch.Generator().manual_seed(seed)
+        for layer in m.model.layers:
+            mixer = getattr(layer, "linear_attn", None) or layer.self_attn
+            for name, p in mixer.named_parameters():
+                if p.dim() > 1:
+                    p += torch.randn(p.shape, generator=gen) * p.std() * scale
+    return edit
+
+
+def _variant(tiny_model_dir, *edits):
+    model, _ = load_capture_model(str(tiny_model_dir))
+    with torch.no_grad():
+        for edit in edits:
+            edit(model)
+    return model
+
+
+def _capture(base_capture, tiny_model_dir, *edits, counterfactual=True):
+    cap, texts, tokenizer = base_capture
+    return capture_against(_variant(tiny_model_dir, *edits), cap, texts, tokenizer,
+                           swap_in=cap.mixers if counterfactual else None)
+
+
+PLANTED = {
+    "one head": ([query(3, 1, 2.0)], {"L3.H1"}),
+    "two heads": ([gates(1, 1, d_a_log=-6.0), query(3, 2, 2.0)], {"L1.H1", "L3.H2"}),
+    "weak (0.5x)": ([gdn_rows(0, 2, 0.5), query(3, 1, 0.5)], {"L0.H2", "L3.H1"}),
+    "GDN gates only": ([gates(1, 3, d_a_log=-0.5), gates(2, 0, d_dt_bias=0.5)], {"L1.H3", "L2.H0"}),
+}
+
+
+@pytest.mark.parametrize("case", list(PLANTED))
+def test_planted_heads_rank_first_direct_and_significant_and_no_other_head_is(case, base_capture, tiny_model_dir):
+    edits, planted = PLANTED[case]
+    result = diff_captures(base_capture[0], _capture(base_capture, tiny_model_dir, *edits))
     heads = {h["name"]: h for h in result["heads"]}
-    top = result["summary"]["by_kind"]
-    assert top["attention"]["top"][0]["name"] == "L3.H1", top["attention"]["top"]
-    assert top["gdn"]["top"][0]["name"] == "L1.H1", top["gdn"]["top"]
-    assert heads["L3.H1"]["above_noise"] and heads["L1.H1"]["above_noise"]
-    gate = heads["L1.H1"]["gates"]["A_log"]
-    assert gate["changed"] and abs(gate["delta"] + 6) < 1e-5 and not heads["L1.H1"]["gates"]["dt_bias"]["changed"]
-    tau = heads["L1.H1"]["decay_timescale"]
-    assert tau["mean_after"] > 100 * tau["mean_before"] and tau["ks_stat"] == 1.0
-    assert heads["L3.H1"]["weight_rel_change_parts"]["q_proj"] > 0.5
-    assert heads["L3.H0"]["weight_rel_change"] == 0.0
-    for name in ("L0.H0", "L0.H3", "L1.H0", "L1.H2"):  # same or earlier layer, untouched: exactly unchanged
-        assert heads[name]["score"] <= 1e-6 and not heads[name]["above_noise"], name
-    md = (tmp_path / "out" / "head_diff.md").read_text()
-    assert "L3.H1" in md and ("concentrated" in md or "distributed" in md)
+    for name, h in heads.items():
+        assert h["direct"] == (name in planted), (name, h["weight_rel_change"])
+        if name in planted:
+            assert h["significant"] and h["p_corrected"] < 0.05 and h["excess"] > 0, (name, h["p_corrected"])
+        else:  # inputs may have moved (downstream of a planted head): all of that is its null, exactly
+            assert not h["significant"] and h["excess"] == 0.0 and h["direct_score"] == 0.0, (name, h["excess"])
+    for kind, summary in result["summary"]["by_kind"].items():
+        mine = {n for n in planted if heads[n]["kind"] == kind}
+        assert {t["name"] for t in summary["top"][:len(mine)]} == mine, (kind, summary["top"][:3])
+    assert result["summary"]["n_significant"] == len(planted)
+    if case == "two heads":  # the gate statistics of the long-memory head
+        gdn = heads["L1.H1"]
+        assert gdn["gates"]["A_log"]["changed"] and abs(gdn["gates"]["A_log"]["delta"] + 6) < 1e-5
+        assert not gdn["gates"]["dt_bias"]["changed"]
+        tau = gdn["decay_timescale"]
+        assert tau["mean_after"] > 100 * tau["mean_before"] and tau["ks_stat"] == 1.0
+        assert heads["L3.H2"]["weight_rel_change_parts"]["q_proj"] > 0.1
+        assert any(heads[f"L2.H{i}"]["score"] > 1e-3 for i in range(4))  # downstream heads did move ...
+        assert all(heads[f"L2.H{i}"]["propagated_score"] == heads[f"L2.H{i}"]["score"] for i in range(4))  # by inputs
+
+
+def test_a_control_with_the_same_drift_keeps_the_planted_heads_and_drops_the_drift(base_capture, tiny_model_dir):
+    """Tuned = drift + two planted heads; control = an independent drift of the same size. Every head is direct
+    (drift moves every weight), so weights cannot tell; the control can. (Seed pairs 21/22 ... 81/82 give the same:
+    both planted heads, no other head.)"""
+    planted = {"L2.H2", "L3.H1"}
+    tuned = _capture(base_capture, tiny_model_dir, drift(0.05, seed=11), gates(2, 2, d_a_log=-3.0), query(3, 1, 1.0))
+    control = _capture(base_capture, tiny_model_dir, drift(0.05, seed=12), counterfactual=False)
+    result = diff_captures(base_capture[0], tuned, control)
+    with_control = {h["name"]: h for h in result["heads"]}
+    assert all(h["direct"] for h in with_control.values())
+    for name in planted:
+        h = with_control[name]
+        assert h["significant"] and h["fold_vs_typical"] > 3 and h["effect_size"] > 0, h
+    drift_only = [n for n, h in with_control.items() if n not in planted and h["layer"] <= 2]  # not downstream
+    assert not [n for n in drift_only if with_control[n]["significant"]]
+    assert max(with_control[n]["fold_vs_typical"] for n in drift_only) < 1.5
+    assert result["null"]["kind"] == "control" and 0.8 < result["null"]["run_to_run"]["typical_ratio"] < 1.5
+    # the control matters: against the propagated null every drifted head is significant
+    without = {h["name"] for h in diff_captures(base_capture[0], tuned)["heads"] if h["significant"]}
+    assert without >= planted and len(without) > len(planted) + len(drift_only) // 2
+
+
+# ---------------------------------------------------------------- the report page in a real browser
+
+
+def synthetic_result(n_layers: int = 64, n_heads: int = 48) -> dict:
+    """A head-diff result of Qwen3.5-27B's shape (3 GDN layers per attention layer) with 48 heads per layer."""
+    rng = np.random.default_rng(0)
+    heads = []
+    for layer in range(n_layers):
+        kind = "attention" if layer % 4 == 3 else "gdn"
+        for head in range(n_heads):
+            score = float(rng.gamma(2.0, 0.01))
+            null = float(score * rng.uniform(0.6, 1.1))
+            sig = bool(rng.random() < 0.02)
+            heads.append({"name": f"L{layer}.H{head}", "kind": kind, "layer": layer, "head": head, "score": score,
+                          "null_score": null, "excess": score - null, "excess_distance": score - null,
+                          "ratio_to_null": score / null, "effect_size": 1.0, "p_corrected": 0.01 if sig else 0.6,
+                          "significant": sig, "direct": bool(rng.random() < 0.7), "weight_rel_change": 0.01})
+    null = {"kind": "control", "test": "Wilcoxon", "correction": "BH", "alpha": 0.05, "n_probes": 31,
+            "n_heads_tested": len(heads), "smallest_corrected_p": 0.0, "too_few_probes": False, "probes_needed": 16,
+            "run_to_run": {"typical_ratio": 1.1, "ratio_spread": 1.2, "n_heads": len(heads)}}
+    return {"base": "base", "tuned": "tuned", "control": "control", "prompts": "probes.jsonl", "max_tokens": 256,
+            "n_prompts": 31, "null": null, "heads": heads, "summary": summarize(heads, null),
+            "figure_probe": {"index": 0, "text": "Use tabs </script> <b>please</b>"}}
+
+
+def _chromium():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    if not chromium or not chromedriver:
+        pytest.skip("chromium or chromedriver not on PATH (.ci/run installs Debian's chromium and chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+
+
+def _requests(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def test_report_page_in_headless_chromium_at_64_layers_by_48_heads(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from analysis.report_head_diff import pattern_figures, write_html
+
+    rng = np.random.default_rng(1)
+    before = rng.dirichlet(np.ones(32), size=32)
+    figures = pattern_figures([{"name": "L3.H1", "kind": "attention", "before": before, "after": before[::-1]}])
+    page = write_html(synthetic_result(), tmp_path / "head_diff.html", figures)
+    driver = _chromium()
+    try:
+        start = time.perf_counter()
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        seconds = time.perf_counter() - start
+        body = driver.find_element(By.TAG_NAME, "body")
+        render_ms = float(body.get_attribute("data-render-ms"))
+        assert int(body.get_attribute("data-cells")) == 64 * 48
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#map-gdn rect.cell")) == 48 * 48
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#map-attention rect.cell")) == 16 * 48
+        assert driver.find_elements(By.CSS_SELECTOR, "#map-gdn circle.sig")
+        assert render_ms < 2000 and seconds < 20, (render_ms, seconds)
+        Select(driver.find_element(By.ID, "metric")).select_by_value("logp")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "rect.cell")) == 64 * 48
+        assert driver.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "dl.answers dt")) >= 4
+        assert "</script>" in driver.find_element(By.ID, "figure-probe").text  # escaped, not executed
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        fetched = [u for u in _requests(driver) if u != page.as_uri() and not u.startswith("data:")]
+        assert not fetched, fetched
+        print(f"64 x 48 heatmaps: rendered in {render_ms:.0f} ms, page ready in {seconds:.1f} s")
+        if os.environ.get("TOOLKIT_SCREENSHOT_DIR"):
+            target = Path(os.environ["TOOLKIT_SCREENSHOT_DIR"])
+            target.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(target / "head_diff.png"))
+    finally:
+        driver.quit()
 
 
 def test_a_lora_run_dir_as_tuned_end_to_end(tiny_model_dir, probes, tmp_path):
@@ -184,8 +393,9 @@ def test_a_lora_run_dir_as_tuned_end_to_end(tiny_model_dir, probes, tmp_path):
     assert len(data["heads"]) == 16 and {h["kind"] for h in data["heads"]} == {"attention", "gdn"}
     assert any(h["score"] > 1e-6 for h in data["heads"]), "LoRA training changed no head"
     assert any(h["weight_rel_change"] > 0 for h in data["heads"])
+    assert all(h["direct"] == (h["weight_rel_change"] > 1e-6) for h in data["heads"])
     s = data["summary"]
-    assert abs(s["share_of_change"]["attention"] + s["share_of_change"]["gdn"] - 1) < 1e-6
+    assert s["n_significant"] == 0 or abs(s["share_of_change"]["attention"] + s["share_of_change"]["gdn"] - 1) < 1e-6
     assert (tmp_path / "report" / "head_diff.md").read_text().startswith("# Head diff")
 
 
@@ -208,8 +418,11 @@ def test_finetune_runs_head_diff_when_the_analysis_section_asks(tmp_path, tiny_m
     event = [e for e in read_jsonl(run_dir / "journal.jsonl") if e["kind"] == "head_diff"]
     assert event and event[0]["data"]["summary"]["concentration"]
     cli = run_toolkit("analyze", "head-diff", "--base", str(tiny_model_dir), "--tuned", str(run_dir),
-                      "--prompts", str(probes), "--out", str(tmp_path / "cli"))
-    assert "report:" in cli.stdout and (tmp_path / "cli" / "head_diff.json").is_file()
+                      "--prompts", str(probes), "--out", str(tmp_path / "cli"), "--control", str(run_dir))
+    assert "report:" in cli.stdout and (tmp_path / "cli" / "head_diff.html").is_file()
+    data = _json.loads((tmp_path / "cli" / "head_diff.json").read_text())
+    assert data["null"]["kind"] == "control" and data["control"] == str(run_dir)
+    assert not any(h["significant"] for h in data["heads"])  # a run against itself as control: nothing beyond it
     missing = run_toolkit("analyze", "head-diff", "--base", str(tiny_model_dir), "--tuned", str(run_dir),
                           "--prompts", str(tmp_path / "nope.jsonl"), check=False)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
