@@ -2,16 +2,24 @@
 
 Every component writes events through one `Journal`: one JSON object a line with the schema
 `{"step", "time", "kind", "severity", "data"}`, flushed per event so a killed run loses nothing.
+A resume rewinds every log to its size at the checkpoint (`rewind_logs`), so the steps a killed run
+did past its last checkpoint are not counted twice.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from toolkit.errors import ToolkitError
+
 SEVERITIES = ("info", "warn", "high", "critical")
+RUN_LOGS = ("metrics.jsonl", "journal.jsonl", "dream/examples.jsonl", "dream/pairs.jsonl")  # under the run dir
 
 
 class JsonlWriter:
@@ -40,10 +48,76 @@ class Journal(JsonlWriter):
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file. A last line without its newline that does not parse is a write still
+    going on (or one a kill cut short) and is left out; a bad line before it is an error naming file:line."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")  # a complete file ends in "\n", so its last item is ""
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ToolkitError(f"not a JSON line ({err.msg})", where=f"{path}:{number}") from None
+    return rows
+
+
+# ---------------------------------------------------------------- rewinding the logs on resume
+
+
+def log_sizes(run_dir: Path) -> dict[str, int]:
+    """Bytes in each of the run's logs now (0 when absent): what a checkpoint records."""
+    return {name: _size(Path(run_dir) / name) for name in RUN_LOGS}
+
+
+def rewind_logs(run_dir: Path, sizes: dict[str, int], keep_after: Callable[[str, dict], bool]) -> None:
+    """Cut each log back to its recorded size; of the rows past it, keep those `keep_after(name, row)`
+    accepts (e.g. the journal's record of the checkpoint itself). A torn last line goes too."""
+    for name, size in sizes.items():
+        path = Path(run_dir) / name
+        data = path.read_bytes() if path.is_file() else b""
+        if len(data) > size:  # else nothing was written past the checkpoint
+            write_atomic(path, data[:size] + _rows_kept(data[size:], functools.partial(keep_after, name)))
+
+
+def drop_rows_after(run_dir: Path, step: int, names=("metrics.jsonl", "journal.jsonl")) -> None:
+    """For a checkpoint that recorded no log sizes: drop the rows past its step (and a torn last line)."""
+    for name in names:
+        path = Path(run_dir) / name
+        if path.is_file():
+            write_atomic(path, _rows_kept(path.read_bytes(), lambda row: row.get("step", 0) <= step))
+
+
+def _rows_kept(data: bytes, wanted: Callable[[dict], bool]) -> bytes:
+    kept = []
+    for line in data.splitlines():
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # the torn line a kill left (or a blank one)
+        if isinstance(row, dict) and wanted(row):
+            kept.append(line + b"\n")
+    return b"".join(kept)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace a file whole: readers see the old content or the new, never a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _jsonable(value):

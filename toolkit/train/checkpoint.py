@@ -3,9 +3,14 @@
 `checkpoints/step-N/` holds
   trainable.safetensors  every trainable parameter (LoRA weights and gates, or the whole model)
   training_state.pt      optimizer, LR scheduler and RNG states (loaded with weights_only=True)
-  state.json             step and the state_dict of every other component (sources, sampler, guard, ...)
+  state.json             step, process count, the run's log sizes, and the state_dict of every other
+                         component (sources, sampler, guard, ...)
   adapter/ or model/     the same weights in Hugging Face / PEFT format, for users and the server
-It is written under a temporary name and renamed into place, so a directory named `step-N` is complete.
+  manifest.json          every other file with its size and xxh3 hash
+It is written under a temporary name and renamed into place, and pruned by renaming it out of the
+`step-N` names before deleting, so a directory named `step-N` is complete unless something outside the
+toolkit damaged it. `find_checkpoint` checks that (sizes, safetensors headers, state.json) and falls back
+to the newest complete one; a resume checks the hashes too.
 """
 
 from __future__ import annotations
@@ -15,13 +20,33 @@ import os
 import random
 import re
 import shutil
+import struct
+import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from toolkit import journal
+from toolkit.errors import ToolkitError
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+REQUIRED = ("trainable.safetensors", "training_state.pt", "state.json")  # checked when there is no manifest
+# journal events written after a checkpoint's log sizes were taken that still describe it (and a resume of it)
+RECORD_KINDS = frozenset({"checkpoint", "planned_stop", "guard_stop", "signal_stop", "pause", "resume",
+                          "checkpoint_skipped"})
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Why a `step-N` directory cannot be resumed from: the first bad file found and what is wrong with it."""
+
+    checkpoint: Path
+    file: Path
+    reason: str
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -37,8 +62,11 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+    """The newest complete checkpoint (cheap checks: sizes, headers, state.json), or None."""
+    return find_checkpoint(run_dir)[0]
+
+
+# ---------------------------------------------------------------- writing
 
 
 def save_checkpoint(
@@ -49,17 +77,21 @@ def save_checkpoint(
     components: dict,
     export: Callable[[Path], None] | None,
     keep_last: int,
+    log_sizes: dict[str, int] | None = None,
 ) -> Path:
+    """`log_sizes`: the run's log sizes at the state saved (default: now), which a resume rewinds to."""
     root = checkpoints_dir(run_dir)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
+    sizes = log_sizes if log_sizes is not None else journal.log_sizes(run_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
     torch.save(training_state, tmp / "training_state.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **components}, indent=1))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **components, "logs": sizes}, indent=1))
     if export is not None:
         export(tmp)
+    _write_manifest(tmp)
     _fsync_tree(tmp)
     if final.exists():  # re-saving a step: move the old one aside first, so step-N always exists
         old = root / f".step-{step}.old"
@@ -69,9 +101,162 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
-    for _, old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(root, [old for _, old in list_checkpoints(run_dir)[:-keep_last]])
     return final
+
+
+def _prune(root: Path, doomed: list[Path]) -> None:
+    """Rename out of the `step-N` names first: a kill while deleting leaves a `.pruning-` directory (removed
+    at the next save), never a `step-N` without its weights."""
+    for path in doomed:
+        aside = root / f".pruning-{path.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+    for aside in root.glob(".pruning-*"):
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_manifest(directory: Path) -> None:
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    listed = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "xxh3": _hash_file(p)} for p in files}
+    (directory / MANIFEST).write_text(json.dumps({"files": listed}, indent=1))
+
+
+def _hash_file(file: Path) -> str:
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- finding a complete one
+
+
+def find_checkpoint(run_dir: Path, verify_hashes: bool = False) -> tuple[Path | None, list[Damage]]:
+    """The newest complete checkpoint and the damage found in each newer one."""
+    damaged = []
+    for _, path in reversed(list_checkpoints(run_dir)):
+        damage = check_checkpoint(path, verify_hashes)
+        if damage is None:
+            return path, damaged
+        damaged.append(damage)
+    return None, damaged
+
+
+def check_checkpoint(path: Path, verify_hashes: bool = False) -> Damage | None:
+    """None when every file the manifest lists is there with its size (and hash), the safetensors headers
+    parse and cover their files, and state.json parses; else the first problem."""
+    path = Path(path)
+    listed, problem = _manifest(path)
+    if problem:
+        return Damage(path, path / MANIFEST, problem)
+    for name, entry in listed.items():
+        file = path / name
+        if reason := _file_problem(file, entry, verify_hashes):
+            return Damage(path, file, reason)
+    return None
+
+
+def _manifest(path: Path) -> tuple[dict[str, dict | None], str | None]:
+    if not (path / MANIFEST).is_file():  # written before manifests: the files every checkpoint holds
+        return {name: None for name in REQUIRED}, None
+    try:
+        listed = json.loads((path / MANIFEST).read_text())["files"]
+        if all(isinstance(e["size"], int) and isinstance(e["xxh3"], str) for e in listed.values()):
+            return listed, None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        return {}, f"unreadable manifest ({type(err).__name__}: {err})"
+    return {}, "unreadable manifest (an entry without an integer size and a hash)"
+
+
+def _file_problem(file: Path, entry: dict | None, verify_hashes: bool) -> str | None:
+    if not file.is_file():
+        return "missing"
+    size = file.stat().st_size
+    if entry is not None and size < entry["size"]:
+        return f"truncated: {size} of {entry['size']} bytes"
+    if entry is not None and size != entry["size"]:
+        return f"{size} bytes, the manifest says {entry['size']}"
+    if entry is not None and verify_hashes and _hash_file(file) != entry["xxh3"]:
+        return "content differs from the manifest's hash"
+    if file.suffix == ".safetensors":
+        return _safetensors_problem(file, size)
+    if file.name == "state.json":
+        return _json_problem(file)
+    if file.suffix == ".pt" and not zipfile.is_zipfile(file):  # torch.save writes a zip; a cut one lost its index
+        return "not a complete torch.save file"
+    return None
+
+
+def _safetensors_problem(file: Path, size: int) -> str | None:
+    """The header parses and its tensors end exactly where the file does (what a truncation breaks)."""
+    with file.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes: too short for a safetensors header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"safetensors header of {length} bytes runs past the end of the file ({size} bytes)"
+        try:
+            header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:  # JSONDecodeError is a ValueError
+            return f"safetensors header does not parse ({type(err).__name__}: {err})"
+    if 8 + length + end != size:
+        return f"safetensors header needs {8 + length + end} bytes, the file holds {size} (truncated)"
+    return None
+
+
+def _json_problem(file: Path) -> str | None:
+    try:
+        state = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"not valid JSON ({err})"
+    return None if isinstance(state, dict) and isinstance(state.get("step"), int) else "no integer \"step\""
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def resume_checkpoint(run_dir: Path, processes: int) -> tuple[Path, list[Damage]]:
+    """The checkpoint `--resume` continues from, hashes verified, written by as many processes as this run
+    has; else a ToolkitError. Every process decides alike from the files, before any collective call."""
+    path, damaged = find_checkpoint(run_dir, verify_hashes=True)
+    if path is None and damaged:
+        raise ToolkitError(f"no complete checkpoint to resume: {damaged[0].reason}", where=str(damaged[0].file),
+                           hint="every checkpoint is damaged: restore the files, or start a new run")
+    if path is None:
+        raise ToolkitError("nothing to resume: no complete checkpoint", where=str(checkpoints_dir(run_dir)))
+    check_processes(path, processes)
+    return path, damaged
+
+
+def check_processes(path: Path, processes: int) -> None:
+    """Each process restores its own RNG state and the global batch is batch_size x grad_accum x processes,
+    so a run resumes exactly only with the process count that wrote the checkpoint."""
+    saved = json.loads((Path(path) / "state.json").read_text()).get("processes")
+    if saved is not None and saved != processes:
+        launch = "without accelerate launch" if saved == 1 else f"with accelerate launch --num_processes {saved}"
+        raise ToolkitError(f"the checkpoint was written by {saved} process(es), this run has {processes}",
+                           where=str(Path(path) / "state.json"), hint=f"resume {launch}")
+
+
+def rewind_logs(run_dir: Path, path: Path) -> None:
+    """Make the run's logs say what they said when the checkpoint was written, plus its own record:
+    the rows a killed run wrote past it are about to be written again by the resume."""
+    state = json.loads((Path(path) / "state.json").read_text())
+    step = int(state["step"])
+    if "logs" not in state:  # written before checkpoints recorded log sizes
+        journal.drop_rows_after(run_dir, step)
+        return
+
+    def keep_after(name: str, row: dict) -> bool:
+        return name == "journal.jsonl" and row.get("kind") in RECORD_KINDS and row.get("step", 0) <= step
+
+    journal.rewind_logs(run_dir, state["logs"], keep_after)
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:

@@ -8,6 +8,7 @@ global count of target tokens, so 1 process × accumulation and N processes give
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import time
@@ -21,7 +22,7 @@ from toolkit.curriculum import Curriculum, CurriculumPlan
 from toolkit.data.batching import collate, micro_batches, padding_waste, resolve_batching, to_device
 from toolkit.data.sources import load_sources, source_texts
 from toolkit.errors import ToolkitError
-from toolkit.journal import Journal, JsonlWriter
+from toolkit.journal import Journal, JsonlWriter, log_sizes, write_atomic
 from toolkit.loss import token_loss_sum
 from toolkit.model import load_model, load_tokenizer, resolve_model_path
 from toolkit.monitor.core import EXIT_PAUSED, Monitor
@@ -54,13 +55,12 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     is_main = accelerator.is_main_process
     set_seed(recipe.run.seed)
 
-    resume_from = _resume_point(run_dir, resume)
+    # every process checks the checkpoint (files, process count) before any collective call
+    resume_from, damaged = _resume_point(run_dir, resume, accelerator.num_processes)
     journal = Journal(run_dir / "journal.jsonl", enabled=is_main)
     metrics = JsonlWriter(run_dir / "metrics.jsonl", enabled=is_main)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "resolved_recipe.yaml").write_text(dump_recipe(recipe))
-        (run_dir / "environment.json").write_text(environment_info())
 
     # ---- model, tokenizer, data
     with accelerator.main_process_first():
@@ -79,6 +79,10 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         sources = load_sources(recipe.data, tokenizer, recipe.run.seed, text_windows=command == "pretrain")
     if not sources:
         raise ToolkitError("the recipe names no data sources", key="data.sources")
+    if recipe.eval.prompts and command == "finetune":
+        from toolkit.evaluate import read_eval_rows
+
+        read_eval_rows(recipe.eval.prompts)  # a bad held-out file fails now, not after the run
     dream = None
     if recipe.dream.enabled and command == "finetune":
         from toolkit.dream.command import build_dream
@@ -100,7 +104,13 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         components["monitor"] = monitor
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, model, optimizer, components, accelerator.process_index)
+        start_step = _restore(resume_from, model, optimizer, components, accelerator.process_index,
+                              accelerator.num_processes)
+        if is_main:  # restored, so the resume holds: now the killed run's rows past the checkpoint go
+            ckpt.rewind_logs(run_dir, resume_from)
+        for damage in damaged:
+            journal.event(start_step, "checkpoint_skipped", "warn", checkpoint=str(damage.checkpoint),
+                          file=str(damage.file), reason=damage.reason)
         journal.event(start_step, "resume", checkpoint=str(resume_from), recipe=str(loaded.path),
                       processes=accelerator.num_processes)
         if curriculum.pivot:  # resumed under a changed curriculum: the polish pivot
@@ -110,6 +120,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
                       processes=accelerator.num_processes, device=str(accelerator.device),
                       model_class=type(model.get_base_model() if use_lora else model).__name__,
                       chat_template=template_description(tokenizer), batching=batching)
+    if is_main:  # only now: a rejected resume must leave the run's recipe (read by serve, eval) as it was
+        write_atomic(run_dir / "resolved_recipe.yaml", dump_recipe(recipe))
+        write_atomic(run_dir / "environment.json", environment_info())
     journal.event(start_step, "data", max_length=recipe.data.max_length, too_long=recipe.data.too_long,
                   sources={s.name: s.report() for s in sources})
     if cfg.divergence_guard and not any(s.val for s in sources):
@@ -121,21 +134,23 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         accelerator.init_trackers(recipe.logging.project or recipe.run.name, config=flat_hparams(loaded.resolved))
     saved = {"step": -1, "path": None}
 
-    def save(step: int) -> Path | None:
+    def save(step: int, before: dict | None = None) -> Path | None:
+        """`before`: the state from before a failed step (`_state_before_step`), saved in place of the live one."""
         if saved["step"] == step:  # e.g. a signal right after a scheduled checkpoint
             return saved["path"]
-        rngs = gather_object([ckpt.rng_state()])  # every rank's, so dropout continues exactly
+        rngs = gather_object([before["rng"] if before else ckpt.rng_state()])  # every rank's: dropout continues exactly
         path = None
         if is_main:
-            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg)
+            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
+                                    before)
             journal.event(step, "checkpoint", path=str(path))
         accelerator.wait_for_everyone()
         saved.update(step=step, path=path)
         return path
 
-    def stop(step: int, reason: str, code: int) -> int:
+    def stop(step: int, reason: str, code: int, before: dict | None = None) -> int:
         progress.close()
-        path = save(step)
+        path = save(step, before)
         kind = {0: "planned_stop", EXIT_DIVERGED: "guard_stop", EXIT_PAUSED: "pause"}.get(code, "signal_stop")
         journal.event(step, kind, {0: "info", EXIT_PAUSED: "high"}.get(code, "critical"),
                       reason=reason, checkpoint=str(path), resume=f"{loaded.command_line(command)} --resume")
@@ -161,6 +176,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     train_model.train()
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
+        before = _state_before_step(run_dir, components, is_main) if cfg.divergence_guard else None
         lr = curriculum.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -184,7 +200,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 
         if cfg.divergence_guard and (reason := guard.check_train_loss(loss)):  # same on every rank: reduced loss
             optimizer.zero_grad(set_to_none=True)  # keep the last finite weights
-            return stop(step, reason, EXIT_DIVERGED)
+            return stop(step, reason, EXIT_DIVERGED, before)  # --resume replays this step exactly
         grad_norm = _clip(accelerator, model, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -219,6 +235,10 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main)
     if recipe.analysis.head_diff and command == "finetune" and is_main:
         outputs.update(_head_diff(recipe, base_path, run_dir, journal))
+    if recipe.eval.prompts and command == "finetune" and is_main:
+        from toolkit.evaluate import evaluate_run
+
+        outputs["eval"] = evaluate_run(run_dir, journal=journal)["paths"]["markdown"]
     journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -363,25 +383,42 @@ def _watch(monitor, model, tokenizer, step: int, loss: float, grad_norm: float, 
 # ---------------------------------------------------------------- checkpoints and outputs
 
 
-def _resume_point(run_dir: Path, resume: bool) -> Path | None:
-    latest = ckpt.latest_checkpoint(run_dir)
-    if resume and latest is None:
-        raise ToolkitError("nothing to resume: no complete checkpoint", where=str(ckpt.checkpoints_dir(run_dir)))
-    if not resume and latest is not None:
+def _resume_point(run_dir: Path, resume: bool, processes: int) -> tuple[Path | None, list[ckpt.Damage]]:
+    """The checkpoint to continue from and the damaged newer ones skipped for it."""
+    if resume:
+        return ckpt.resume_checkpoint(run_dir, processes)
+    if ckpt.list_checkpoints(run_dir):
         raise ToolkitError(
             "run directory already holds checkpoints", key="run.output_dir",
             hint="pass --resume to continue it, or choose another run.output_dir",
         )
-    return latest
+    return None, []
 
 
-def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg) -> Path:
-    training_state = {"optimizer": optimizer.state_dict(), "rng": rngs}
+def _component_states(components: dict) -> dict:
     states = {name: part.state_dict() for name, part in components.items() if name != "sources"}
     states["sources"] = {s.name: s.state_dict() for s in components["sources"]}
+    return states
+
+
+def _state_before_step(run_dir: Path, components: dict, is_main: bool) -> dict:
+    """What a checkpoint of a step that fails must hold instead of the live state: the step has already
+    drawn its batch (source cursor, bandit) and dropout masks. Serialized now, as a checkpoint would be."""
+    if not is_main:  # the others only contribute their RNG state to a checkpoint
+        return {"rng": ckpt.rng_state()}
+    return {"rng": ckpt.rng_state(), "components": json.dumps(_component_states(components)),
+            "logs": log_sizes(run_dir)}
+
+
+def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
+                     before: dict | None = None) -> Path:
+    training_state = {"optimizer": optimizer.state_dict(), "rng": rngs}
+    states = json.loads(before["components"]) if before else _component_states(components)
     return ckpt.save_checkpoint(
-        run_dir, step, lora_lib.trainable_state_dict(model), training_state, {"components": states},
+        run_dir, step, lora_lib.trainable_state_dict(model), training_state,
+        {"components": states, "processes": len(rngs)},
         lambda directory: _export_weights(directory, model, tokenizer, use_lora), cfg.keep_last,
+        log_sizes=before["logs"] if before else None,
     )
 
 
@@ -400,14 +437,14 @@ def _export_weights(directory: Path, model, tokenizer, use_lora: bool) -> Path:
     return out
 
 
-def _restore(path: Path, model, optimizer, components, rank: int) -> int:
+def _restore(path: Path, model, optimizer, components, rank: int, world: int) -> int:
     trainable, training_state, state = ckpt.load_checkpoint(path)
     lora_lib.load_trainable_state_dict(model, trainable)
     optimizer.load_state_dict(training_state["optimizer"])
     rngs = training_state["rng"]
-    if rank >= len(rngs):
-        raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es); resume with as many",
-                           where=str(path))
+    if len(rngs) != world:  # checkpoints that predate state.json's "processes"; every rank raises alike
+        raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es), this run has {world}; "
+                           "resume with as many", where=str(path))
     ckpt.set_rng_state(rngs[rank])
     saved = state["components"]
     for source in components["sources"]:
