@@ -164,9 +164,12 @@ def prompt_text(row: dict, tokenizer) -> str:
 
 
 def read_prompts(path: str | Path) -> list[dict]:
+    from toolkit.recipe import probe_row_problem
+
     rows = []
     for where, row, problem in jsonl_rows(Path(path)):
-        if problem:
+        problem = problem or probe_row_problem(row)
+        if problem:  # a row of the wrong shape is named here, by file:line, not later by the template
             raise ToolkitError(problem, where=where)
         rows.append(row)
     return rows

@@ -737,8 +737,8 @@ def test_explain_tiers_and_an_adaptive_phase(capsys):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--step", "200000"], "error: --set train.max_steps: step 200000 is outside the run (steps 0-199999)"),
-    (["--step", "-1"], "error: --set train.max_steps: step -1 is outside the run (steps 0-199999)"),
+    (["--step", "200000"], "error: --set train.max_steps=200000: step 200000 is outside the run (steps 0-199999)"),
+    (["--step", "-1"], "error: --set train.max_steps=200000: step -1 is outside the run (steps 0-199999)"),
     (["--step", "5", "--source", "dictonary"],
      "error: --source: unknown source 'dictonary' (did you mean 'dictionary'?)"),
 ])

@@ -117,7 +117,7 @@ def test_runtime_user_errors_are_one_line_too(tmp_path):
     out = run_cli("finetune", "recipes/demo.yaml", "--set", f"run.output_dir={tmp_path / 'run'}",
                   "--set", "model.name_or_path=/no/such/model")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == "error: --set model.name_or_path: model directory not found: /no/such/model " \
+    assert out.stderr.strip() == "error: --set model.name_or_path=/no/such/model: model directory not found: /no/such/model " \
         "(a local directory, a hub id such as Qwen/Qwen3.5-27B, or tiny-hybrid)"
     out = run_cli("finetune", "recipes/demo.yaml", "--set", f"run.output_dir={tmp_path / 'run'}",
                   "--set", "model.name_or_path=tiny-hybrid", "--set", "data.sources.0.path=missing.jsonl")

@@ -15,7 +15,7 @@ from typing import Annotated
 import click
 import typer
 
-from toolkit.errors import EXIT_USER_ERROR, ToolkitError
+from toolkit.errors import EXIT_USER_ERROR, ToolkitError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Behavioral fine-tuning and interpretability for hybrid and Hugging Face causal LMs.")
@@ -49,7 +49,7 @@ def validate(
     """Check a recipe and print it resolved (after `extends` and `--set`)."""
     from toolkit.recipe import dump_recipe, load_recipe
 
-    loaded = load_recipe(recipe, set_)
+    loaded = load_recipe(recipe, set_)  # the recipe alone: the files it names are checked when a run starts
     if show_example:
         _quiet_libraries()
         try:
@@ -162,9 +162,10 @@ def dream(
 ):
     """Dream without training: the model writes scenarios, answers, is judged; failures become examples."""
     from toolkit.dream.command import run_standalone
-    from toolkit.recipe import load_recipe
+    from toolkit.recipe import check_files, load_recipe
 
     loaded = load_recipe(recipe, set_)
+    check_files(loaded)
     if loaded.recipe.dream.evaluator is None or not loaded.recipe.dream.seeds:
         raise ToolkitError("the recipe's dream section needs `seeds` and an `evaluator`", where=loaded.where("dream"))
     _quiet_libraries()
@@ -288,6 +289,11 @@ def analyze_head_diff(
         raise ToolkitError("probe prompts file not found", where=str(prompts))
     if control is not None and not control.exists():
         raise ToolkitError("control run not found", where=str(control))
+    _need_path(tuned, "--tuned", "run, adapter or model directory")
+    _need_local_model(base, "--base")
+    from toolkit.recipe import check_probe_rows
+
+    check_probe_rows(prompts)
     result = run_head_diff(base, tuned, prompts, out, base_model=base, max_tokens=max_tokens, control=control,
                            alpha=alpha)
     for answer in result.get("summary", {}).get("answers", [])[:1]:
@@ -367,6 +373,8 @@ def steer_probe(
     batch_size: SteerBatchOpt = 8,
 ):
     """Per-layer linear probes (logistic regression, difference of means) with a permutation control."""
+    if tuned is not None:
+        _need_path(tuned, "--tuned", "run or adapter directory")
     _quiet_libraries()
     from analysis.probes import describe_layer, probe_command
 
@@ -420,11 +428,16 @@ def curriculum_plot(
 
 
 def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str, stop_at: int | None = None) -> None:
-    from toolkit.recipe import load_recipe
+    from toolkit.recipe import check_files, check_output_dir, load_recipe
 
     from toolkit.launch import requested_cpu_processes, run_cpu_processes
 
     loaded = load_recipe(recipe, overrides)
+    check_files(loaded)  # every path the recipe names, before a model loads or a step runs
+    try:
+        check_output_dir(loaded.recipe.output_dir, create=True)
+    except ToolkitError as err:
+        raise loaded.place(err) from None
     if (processes := requested_cpu_processes()) > 1:
         raise SystemExit(run_cpu_processes(processes))
     _quiet_libraries()
@@ -435,6 +448,17 @@ def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str
     except ToolkitError as err:
         raise loaded.place(err) from None
     raise SystemExit(code)
+
+
+def _need_path(path: Path, option: str, what: str, shown: str | None = None) -> None:
+    if not path.exists():
+        raise ToolkitError(f"{what} not found", where=f"{option} {shown or path}")
+
+
+def _need_local_model(name: str, option: str) -> None:
+    """A --base/--model that looks like a local path (not a hub id owner/name) must exist."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        _need_path(Path(name).expanduser(), option, "model directory", shown=name)
 
 
 def _quiet_libraries() -> None:
@@ -450,19 +474,47 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Every way the command line can go wrong ends here: one line on stderr and exit code 2 (130 for Ctrl-C)."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="toolkit", standalone_mode=False)
     except ToolkitError as err:
         if _state["debug"]:
             raise
-        print(f"error: {err.one_line()}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
-    except click.ClickException as err:
+        _fail(err.one_line())
+    except typer._click.exceptions.NoArgsIsHelpError as err:  # bare `toolkit` / `toolkit analyze`: the help
         err.show()
         raise SystemExit(EXIT_USER_ERROR) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
+    except (typer.TyperException, click.ClickException) as err:  # typer bundles its own click: catch both
+        if _state["debug"]:
+            raise
+        _fail(_usage_line(err))
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+    except OSError as err:  # the machine said no to a path the user named (permissions, a file for a directory)
+        if _state["debug"] or not err.filename:
+            raise
+        _fail(f"{err.filename}: {err.strerror or first_line(err)} (--debug shows the traceback)")
+    else:
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into Exit(130) and returns it
+            _fail("interrupted (Ctrl-C) before training started; nothing was checkpointed", EXIT_INTERRUPTED)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
+
+
+def _fail(line: str, code: int = EXIT_USER_ERROR) -> None:
+    print(f"error: {' '.join(line.split())}", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
+def _usage_line(err) -> str:
+    """A usage error as `toolkit finetune: No such option: --resum (did you mean --resume?)`, one line."""
+    ctx = getattr(err, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    return f"{where}{err.format_message()} (try '{ctx.command_path if ctx else 'toolkit'} --help')"
 
 
 if __name__ == "__main__":

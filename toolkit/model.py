@@ -126,13 +126,30 @@ def load_tokenizer(path: str, model_cfg: ModelConfig):
         )
     except (OSError, ValueError) as exc:
         raise ToolkitError(f"cannot load tokenizer from '{path}': {exc}", key="model.name_or_path") from None
+    if len(tokenizer) < 2:  # a directory without tokenizer files loads as an empty tokenizer, silently
+        raise ToolkitError(f"the tokenizer loaded from {path} has {len(tokenizer)} token(s): the directory has no "
+                           "tokenizer files", key="model.name_or_path",
+                           hint="copy tokenizer.json / tokenizer_config.json next to config.json")
     if model_cfg.chat_template:
         tokenizer.chat_template = model_cfg.chat_template
+        _check_chat_template(tokenizer, model_cfg)
     # read by toolkit.chat.render, so training, dream, serve and analysis render prompts alike
     tokenizer.chat_template_kwargs = dict(getattr(model_cfg, "chat_template_kwargs", None) or {})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _check_chat_template(tokenizer, model_cfg: ModelConfig) -> None:
+    """The recipe's model.chat_template renders a tiny conversation, or the error names that key (not a data line)."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **dict(model_cfg.chat_template_kwargs or {}))
+    except Exception as exc:  # jinja syntax and runtime errors, templates that raise_exception(...)
+        raise ToolkitError(f"the chat template fails on a two-message conversation: {first_line(exc)}",
+                           key="model.chat_template") from None
+    if not isinstance(text, str):  # whether it writes the content as is is checked per example, at its data line
+        raise ToolkitError("the chat template does not render to text", key="model.chat_template")
 
 
 def load_model(path: str, model_cfg: ModelConfig, dtype: torch.dtype = torch.float32):

@@ -50,6 +50,7 @@ class CurriculumPlan:
         self.names = [s.name for s in self.sources]
         self._by_name = {s.name: s for s in self.sources}
         self.max_steps = train.max_steps
+        self.notes: list[dict] = []  # recipe settings the plan set aside (the loop journals them)
         self._check_names()
         self.phases = self._build_phases()
         self.tier_order, self.tier_opens = self._tier_schedule(seed)
@@ -57,12 +58,17 @@ class CurriculumPlan:
     @classmethod
     def from_recipe(cls, recipe) -> "CurriculumPlan":
         infos = [SourceInfo(s.name, s.tier, s.weight) for s in recipe.data.sources]
+        curriculum, notes = recipe.curriculum, []
         if recipe.dream.enabled:  # the dream loop's examples are a source like any other, of its own
             if recipe.dream.source in {s.name for s in infos}:
                 raise ToolkitError(f"'{recipe.dream.source}' is already a data source's name", key="dream.source",
                                    hint="the dream loop's examples need a source of their own")
             infos.append(SourceInfo(recipe.dream.source, recipe.dream.tier, recipe.dream.weight))
-        return cls(recipe.curriculum, infos, recipe.train, recipe.run.seed)
+        else:  # `--set dream.enabled=false` on a recipe whose caps/floors name the dream source: drop them
+            curriculum, notes = _without_source(curriculum, recipe.dream.source, {s.name for s in infos})
+        plan = cls(curriculum, infos, recipe.train, recipe.run.seed)
+        plan.notes = notes + plan.notes
+        return plan
 
     # ---------------------------------------------------------------- per step
 
@@ -136,7 +142,7 @@ class CurriculumPlan:
     def _build_phases(self) -> list[Phase]:
         if not self.cfg.phases:
             return [Phase("all", -1, 0, self.max_steps, self.train.lr, None, None, "train.lr")]
-        phases, start = [], 0
+        phases, start, prev_fraction = [], 0, 0.0
         for i, p in enumerate(self.cfg.phases):
             key, last = f"curriculum.phases.{i}", i == len(self.cfg.phases) - 1
             if phases and start >= self.max_steps:
@@ -144,6 +150,16 @@ class CurriculumPlan:
             if p.until is None and not last:
                 raise ToolkitError(f"phase '{p.name}' needs `until` (only the last phase may leave it out)", key=key)
             end = self.max_steps if p.until is None else self._step_of(p.until)
+            if isinstance(p.until, float) and p.until > prev_fraction and end <= start and not last:
+                # a fraction of a short run rounds onto the previous phase's end: the phase is empty, not an
+                # error (a 3-step smoke test of a 4-phase recipe is valid); a longer run gives it its steps
+                prev_fraction = p.until
+                self.notes.append({"note": "phase_empty", "phase": p.name, "key": f"{key}.until",
+                                   "message": f"phase '{p.name}' (until {p.until}) gets no steps of a "
+                                              f"{self.max_steps}-step run"})
+                continue
+            if isinstance(p.until, float):
+                prev_fraction = p.until
             if end <= start:
                 raise ToolkitError(f"phase '{p.name}' ends at step {end}, not after its start {start}",
                                    key=f"{key}.until", hint="phases are listed in order, each ending after the last")
@@ -214,6 +230,21 @@ class CurriculumPlan:
                 raise ToolkitError(f"the caps of the sources eligible at {span} ({', '.join(eligible)}) add up to "
                                    f"{caps:g}, so no mix can fill the draws", key="curriculum.caps",
                                    hint="raise a cap, or let another source be drawn then")
+
+
+def _without_source(curriculum, name: str, sources: set[str]):
+    """The curriculum without caps/floors naming `name` (the disabled dream loop's source), and a note each."""
+    if name in sources:
+        return curriculum, []
+    caps = {k: v for k, v in curriculum.caps.items() if k != name}
+    floors = {k: v for k, v in curriculum.floors.items() if k != name}
+    dropped = [f"curriculum.{kind}.{name}" for kind, d in (("caps", curriculum.caps), ("floors", curriculum.floors))
+               if name in d]
+    if not dropped:
+        return curriculum, []
+    notes = [{"note": "dropped", "key": key, "message": f"{key} is ignored: dream.enabled is false, so there is "
+                                                         f"no '{name}' source"} for key in dropped]
+    return curriculum.model_copy(update={"caps": caps, "floors": floors}), notes
 
 
 def check_curriculum(recipe) -> None:

@@ -76,7 +76,7 @@ def load_score_fn(spec: str, key: str):
         raise ToolkitError(f"expected 'module:function', got '{spec}'", key=key)
     try:
         fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, SyntaxError) as exc:  # a syntax error names its file and line
         raise ToolkitError(f"cannot import '{spec}': {exc}", key=key) from None
     if not callable(fn):
         raise ToolkitError(f"'{spec}' is not callable", key=key)

@@ -120,6 +120,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
                       processes=accelerator.num_processes, device=str(accelerator.device),
                       model_class=type(model.get_base_model() if use_lora else model).__name__,
                       chat_template=template_description(tokenizer), batching=batching)
+    for note in curriculum.plan.notes:  # recipe settings the curriculum set aside (dream caps, empty phases)
+        journal.event(start_step, "recipe_note", **note)
     if is_main:  # only now: a rejected resume must leave the run's recipe (read by serve, eval) as it was
         write_atomic(run_dir / "resolved_recipe.yaml", dump_recipe(recipe))
         write_atomic(run_dir / "environment.json", environment_info())
