@@ -346,3 +346,34 @@ def test_other_ranks_get_no_judge_and_never_run_a_cycle(tmp_path, monkeypatch):
     loop = DreamLoop(cfg, None, DreamSource(cfg, None, 64, 0, tmp_path, write=False), tmp_path, 0, write=False)
     with pytest.raises(RuntimeError, match="main process only"):
         loop.cycle(None, None, step=1, progress=0.0)
+
+
+def test_eval_ignores_trust_remote_code_in_the_run_directory(monkeypatch, tmp_path):
+    """`toolkit eval RUN` loads with the command line's trust settings, never the run directory's recipe."""
+    import yaml
+
+    from toolkit import evaluate
+
+    seen = {}
+
+    def fake_score(model_cfg, *args, **kwargs):
+        seen.update(trust_remote_code=model_cfg.trust_remote_code, allow_pickle=model_cfg.allow_pickle)
+        raise RuntimeError("stop after loading settings")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resolved_recipe.yaml").write_text(yaml.safe_dump(
+        {"run": {"name": "r", "output_dir": str(run)}, "model": {"name_or_path": "x", "trust_remote_code": True,
+                                                                 "allow_pickle": True}}))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a", "positive": "b", "negative": "c"}\n')
+    monkeypatch.setattr(evaluate, "run_weights", lambda run_dir: (run_dir, None))
+    monkeypatch.setattr(evaluate, "build_eval_evaluator", lambda recipe, run_dir: (None, "none"))
+    monkeypatch.setattr(evaluate, "base_model_path", lambda recipe, run_dir: "x")
+    monkeypatch.setattr(evaluate, "score_base_and_tuned", fake_score)
+    with pytest.raises(RuntimeError, match="stop after"):
+        evaluate.evaluate_run(run, prompts)
+    assert seen == {"trust_remote_code": False, "allow_pickle": False}
+    with pytest.raises(RuntimeError, match="stop after"):
+        evaluate.evaluate_run(run, prompts, trusted={"trust_remote_code": True, "allow_pickle": False})
+    assert seen["trust_remote_code"] is True

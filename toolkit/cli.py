@@ -183,13 +183,16 @@ def eval_command(
                                                                    "\"negative\"} (default: the recipe's eval.prompts).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Greedy reply length.")] = None,
     samples: Annotated[int | None, typer.Option("--samples", min=0, help="Replies shown side by side in eval.md.")] = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
 ):
     """Base vs tuned on held-out prompts: log-prob margins with confidence intervals, evaluator pass rates."""
     _quiet_libraries()
     from toolkit.evaluate import evaluate_run, summary_lines
 
     settings = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("samples", samples)) if v is not None}
-    report = evaluate_run(run_dir, prompts, **settings)
+    trusted = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    report = evaluate_run(run_dir, prompts, trusted=trusted, **settings)
     typer.echo("\n".join(summary_lines(report)))
     typer.echo(f"report: {report['paths']['markdown']}\nreport: {report['paths']['json']}")
 

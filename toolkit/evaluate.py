@@ -234,17 +234,20 @@ def score_base_and_tuned(model_cfg, base_path: str, weights: Path, rows: list[di
     model = load_model(base_path, model_cfg, dtype=dtype).to(device)
     base = score_model(model, tokenizer, rows, evaluator, cfg)
     if weights.name == "adapter":
-        model = load_adapter(model, weights)  # onto the base just scored: one model in memory
+        model = load_adapter(model, weights, allow_pickle=model_cfg.allow_pickle)  # onto the base just scored
     else:
         del model
         model = load_model(str(weights), model_cfg, dtype=dtype).to(device)
     return base, score_model(model, tokenizer, rows, evaluator, cfg)
 
 
-def evaluate_run(run_dir: str | Path, prompts: str | Path | None = None, journal=None, **settings) -> dict:
+def evaluate_run(run_dir: str | Path, prompts: str | Path | None = None, journal=None, trusted: dict | None = None,
+                 **settings) -> dict:
     """Evaluate a run directory's weights against its base on held-out prompts; write RUN/reports/eval.{json,md}
     and journal an `eval` event (into `journal`, else RUN/journal.jsonl). `prompts` and `settings` (EvalConfig
-    fields) override the run recipe's eval section."""
+    fields) override the run recipe's eval section. `trusted` ({trust_remote_code, allow_pickle}) comes from
+    the caller: the command line, or the training run's own recipe; None keeps both off, whatever the run
+    directory's resolved recipe says (anyone who can write there would choose what code runs)."""
     from toolkit.journal import Journal
     from toolkit.recipe import load_recipe
 
@@ -261,7 +264,9 @@ def evaluate_run(run_dir: str | Path, prompts: str | Path | None = None, journal
     weights, step = run_weights(run_dir)
     evaluator, evaluator_name = build_eval_evaluator(recipe, run_dir)
     base_path = base_model_path(recipe, run_dir)
-    base, tuned = score_base_and_tuned(recipe.model, base_path, weights, rows, evaluator, cfg)
+    trusted = trusted or {"trust_remote_code": False, "allow_pickle": False}
+    model_cfg = recipe.model.model_copy(update=trusted)
+    base, tuned = score_base_and_tuned(model_cfg, base_path, weights, rows, evaluator, cfg)
     report = {"run": str(run_dir), "prompts": str(prompts), "rows": len(rows), "base": base_path,
               "weights": str(weights), "step": step, "evaluator": evaluator_name, "confidence": CONFIDENCE,
               **compare(rows, base, tuned)}

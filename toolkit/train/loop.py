@@ -240,7 +240,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     if recipe.eval.prompts and command == "finetune" and is_main:
         from toolkit.evaluate import evaluate_run
 
-        outputs["eval"] = evaluate_run(run_dir, journal=journal)["paths"]["markdown"]
+        trusted = {"trust_remote_code": recipe.model.trust_remote_code, "allow_pickle": recipe.model.allow_pickle}
+        outputs["eval"] = evaluate_run(run_dir, journal=journal, trusted=trusted)["paths"]["markdown"]
     journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()
