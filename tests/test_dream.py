@@ -287,4 +287,4 @@ def test_the_dream_source_needs_a_name_of_its_own(tmp_path, tiny_model_dir):
     recipe = dream_recipe(tmp_path, tiny_model_dir, "clash")
     out = run_toolkit("validate", str(recipe), "--set", "dream.source=chat", check=False)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "dream.source: 'chat' is already a data source's name" in out.stderr
+    assert "--set dream.source=chat: 'chat' is already a data source's name" in out.stderr  # names the override
