@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from toolkit.cli import main as cli_main
+from tests.cli_helpers import run_in_process
 from toolkit.curriculum.core import Curriculum
 from toolkit.curriculum.plan import CurriculumPlan, SourceInfo
 from toolkit.curriculum.rewards import RewardScaler
@@ -556,16 +556,8 @@ def test_adaptive_range_defaults_and_follows_the_schedule():
 # ---------------------------------------------------------------- 6-8. the CLI
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`toolkit ARGS` in this process, through the console script's own entry point (exit code, out, err)."""
-    capsys.readouterr()
-    try:
-        cli_main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def cli(capsys, *args) -> tuple[int, str, str]:
+    return run_in_process(capsys, *args)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

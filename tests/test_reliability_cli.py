@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.cli import _state
-from toolkit.cli import main as cli_main
+from tests.cli_helpers import run_in_process
 from toolkit.errors import ToolkitError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,16 +23,7 @@ LORA = REPO / "recipes" / "lora-r64.yaml"
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    """`toolkit ARGS` in this process (exit code, stdout, stderr)."""
-    _state["debug"] = False
-    capsys.readouterr()
-    try:
-        cli_main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_in_process(capsys, *args)
 
 
 def run_cli(*args, cwd=REPO) -> subprocess.CompletedProcess:

@@ -161,9 +161,11 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def padding_waste(batches) -> float:
-    """Share of pad tokens over all rows of `batches` (lists of Examples, or collated dicts; a packed dict
-    has no attention_mask and no pads)."""
+def padding_waste(batches, batching: str = "bucket") -> float:
+    """Share of pad tokens over all rows of `batches` (lists of Examples collated as `batching`, or collated
+    dicts; a packed row, and a packed dict without attention_mask, has no pads)."""
+    if batching == "pack":
+        return 0.0
     real = total = 0
     for batch in batches:
         if isinstance(batch, dict):

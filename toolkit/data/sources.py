@@ -123,7 +123,7 @@ class Source:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._epoch_order(self.epoch)
             take = self._order[self.position : self.position + n - len(out)]
-            out.extend(_take(self.train, take))
+            out.extend(self.train.take(take))
             self.position += len(take)
         return out
 
@@ -144,10 +144,6 @@ class Source:
 
     def __repr__(self):
         return f"Source({self.name!r}, train={len(self.train)}, val={len(self.val)})"
-
-
-def _take(examples, positions) -> list[Example]:
-    return examples.take(positions) if isinstance(examples, ExampleTable) else [examples[int(i)] for i in positions]
 
 
 def val_count(n: int, data_cfg: DataConfig) -> int:

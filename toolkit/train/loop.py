@@ -212,7 +212,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         seconds = time.perf_counter() - t0
         row = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm, "source": source.name,
                "phase": curriculum.phase(step).name, "reward": reward, "tokens": tokens,
-               "tokens_per_s": tokens / seconds, "padding_waste": 0.0 if batching == "pack" else padding_waste(micro), "time": time.time()}
+               "tokens_per_s": tokens / seconds, "padding_waste": padding_waste(micro, batching), "time": time.time()}
         metrics.write(row)
         accelerator.log({"train/loss": loss, "train/lr": row["lr"], "train/grad_norm": grad_norm,
                          "train/tokens_per_s": row["tokens_per_s"]}, step=done)
