@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.data.sources import jsonl_rows
+from toolkit.util.jsonl import jsonl_rows
 from toolkit.errors import ToolkitError
 
 DEFAULT_MAX_TOKENS = 256

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import ToolkitError
+from toolkit.util.jsonl import jsonl_rows
 
 METHODS = ("mean_diff", "pca", "logreg")
 POSITIONS = ("last", "mean")
@@ -71,20 +72,17 @@ def load_steer_model(path_or_run: str | Path, base: str | None = None, device: s
     return model, tokenizer, model_dir
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_prompts(path: str | Path, fields: tuple[str, ...] = ("prompt",)) -> list[dict]:
+    """Rows of a prompts JSONL, each with the non-empty string `fields`; a bad row names its file:line."""
     path = Path(path)
     if not path.is_file():
         raise ToolkitError("file not found", where=str(path))
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ToolkitError(f"not JSON: {exc.msg}", where=f"{path}:{i}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ToolkitError("each row needs a string 'prompt'", where=f"{path}:{i}")
-            rows.append(row)
+    for where, row, problem in jsonl_rows(path):
+        missing = [f for f in fields if not isinstance((row or {}).get(f), str) or not row[f]]
+        if problem or missing:
+            raise ToolkitError(problem or f"each row needs a non-empty string '{missing[0]}'", where=where)
+        rows.append(row)
     if not rows:
         raise ToolkitError("no rows", where=str(path))
     return rows
@@ -92,12 +90,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def read_pairs(path: str | Path) -> list[dict]:
     """Rows {"prompt", "positive", "negative"}; every field a non-empty string."""
-    rows = read_jsonl(path)
-    for i, row in enumerate(rows, 1):
-        for key in ("positive", "negative"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise ToolkitError(f"row {i} needs a non-empty string '{key}'", where=str(path))
-    return rows
+    return read_prompts(path, ("prompt", "positive", "negative"))
 
 
 def decoder_layers(model):
@@ -589,10 +582,10 @@ def sweep_command(model_path, vector_dir, layers_text, coefficients_text: str, p
     """`toolkit steer sweep`."""
     vectors, meta = load_vectors(vector_dir)
     coefficients = parse_floats(coefficients_text, "--coefficients")
-    rows = read_jsonl(prompts_path)
+    rows = read_prompts(prompts_path)
     neutral = [r["prompt"] for r in rows if not (r.get("positive") and r.get("negative"))]
     if neutral_path is not None:
-        neutral += [r["prompt"] for r in read_jsonl(neutral_path)]
+        neutral += [r["prompt"] for r in read_prompts(neutral_path)]
     behavior = [r for r in rows if r.get("positive") and r.get("negative")]
     if not behavior and not neutral:
         raise ToolkitError("no rows to score", where=str(prompts_path))

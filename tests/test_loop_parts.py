@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from toolkit.train import checkpoint as ckpt
-from toolkit.train.schedule import lr_multiplier
+from toolkit.curriculum.schedule import lr_multiplier
 
 
 def test_schedules():

@@ -209,7 +209,8 @@ def journal_command(
     """Show a run's journal, filtered by kind and severity."""
     import json
 
-    from toolkit.journal import SEVERITIES, filter_events, read_jsonl, render_event
+    from toolkit.journal import SEVERITIES, filter_events, render_event
+    from toolkit.util.jsonl import read_jsonl
 
     path = run_dir / "journal.jsonl"
     if not path.is_file():

@@ -31,7 +31,7 @@ import torch
 from toolkit.chat import chat_prompt, supervised_example
 from toolkit.data.batching import collate, to_device
 from toolkit.data.formatting import Example
-from toolkit.data.sources import jsonl_rows
+from toolkit.util.jsonl import jsonl_rows
 from toolkit.errors import ToolkitError
 from toolkit.loss import token_loss_sum
 from toolkit.recipe import EvalConfig, EvaluatorConfig

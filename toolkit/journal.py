@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.errors import ToolkitError
+from toolkit.util.jsonl import read_jsonl  # noqa: F401 (the logs' reader, imported here by tests)
 
 SEVERITIES = ("info", "warn", "high", "critical")
 RUN_LOGS = ("metrics.jsonl", "journal.jsonl", "dream/examples.jsonl", "dream/pairs.jsonl")  # under the run dir
@@ -45,26 +45,6 @@ class Journal(JsonlWriter):
         record = {"step": step, "time": time.time(), "kind": kind, "severity": severity, "data": data}
         self.write(record)
         return record
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file. A last line without its newline that does not parse is a write still
-    going on (or one a kill cut short) and is left out; a bad line before it is an error naming file:line."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text().split("\n")  # a complete file ends in "\n", so its last item is ""
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise ToolkitError(f"not a JSON line ({err.msg})", where=f"{path}:{number}") from None
-    return rows
 
 
 # ---------------------------------------------------------------- rewinding the logs on resume

@@ -576,7 +576,7 @@ def probe_row_problem(row) -> str | None:
 
 def check_probe_rows(path: str | Path) -> None:
     """Every row of a probe prompts JSONL has a usable shape; the error names file:line."""
-    from toolkit.data.sources import jsonl_rows
+    from toolkit.util.jsonl import jsonl_rows
 
     count = 0
     for where, row, problem in jsonl_rows(Path(path)):
@@ -639,9 +639,9 @@ def _check_template_syntax(template: str) -> None:
 def _check_function(spec: str | None, key: str) -> None:
     if spec is None:
         return
-    from toolkit.curriculum.rewards import load_score_fn
+    from toolkit.util.imports import load_function
 
-    load_score_fn(spec, key)
+    load_function(spec, key)
 
 
 # seed 000's flat config keys, at the top level or in `curriculum:`; renamed per file and per --set,

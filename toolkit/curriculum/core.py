@@ -18,12 +18,13 @@ import random
 from collections import Counter, deque
 
 from toolkit.curriculum.plan import CurriculumPlan, Phase
-from toolkit.curriculum.rewards import LOSS_EMA, RewardScaler, load_score_fn, raw_reward
+from toolkit.curriculum.rewards import LOSS_EMA, RewardScaler, raw_reward
 from toolkit.curriculum.samplers import build_sampler
 from toolkit.curriculum.shares import ShareLimiter
-from toolkit.data.sources import rng_state, set_rng_state, stable_seed
 from toolkit.errors import ToolkitError
 from toolkit.monitor.repetition import seq_rep_n
+from toolkit.util.imports import load_function
+from toolkit.util.rng import rng_state, set_rng_state, stable_seed
 
 FAILURE_WINDOW = 20  # steps behind the adaptive learning rate's failure rate (seed 003's window)
 REPETITION_SAMPLE = 4  # examples per step whose repetition is measured (a running mean needs no more)
@@ -38,7 +39,7 @@ class Curriculum:
         self.sampler = self._new_sampler()
         self.limits = ShareLimiter(cfg.caps, cfg.floors, cfg.share_window)
         self.scaler = RewardScaler()
-        self.score_fn = load_score_fn(cfg.score_fn, "curriculum.score_fn") if cfg.reward == "score" else None
+        self.score_fn = load_function(cfg.score_fn, "curriculum.score_fn") if cfg.reward == "score" else None
         self.draws: Counter = Counter()
         self.running_loss: dict[str, float] = {}  # per source, for learning progress
         self.repetition: dict[str, float] = {}  # per source, running seq-rep-n of its targets

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from toolkit.curriculum.plan import CurriculumPlan
 from toolkit.errors import ToolkitError, did_you_mean
-from toolkit.journal import read_jsonl
+from toolkit.util.jsonl import read_jsonl
 
 
 def explain(loaded, step: int, source: str | None = None) -> dict:

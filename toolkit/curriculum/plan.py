@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 from toolkit.errors import ToolkitError, did_you_mean
-from toolkit.train.schedule import lr_multiplier
+from toolkit.curriculum.schedule import lr_multiplier
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,8 @@ range stands in for them, so a 0 and a 1 still reach the bandit as 0 and 1, not 
 from __future__ import annotations
 
 import bisect
-import importlib
 from collections import deque
 
-from toolkit.errors import ToolkitError
 
 LOSS_EMA = 0.3  # weight of the newest loss in a source's running loss
 NO_SPREAD = 1e-12  # a range narrower than this cannot tell rewards apart
@@ -67,17 +65,3 @@ def raw_reward(kind: str, loss: float, running_loss: float | None, score: float 
     if kind == "neg_loss":
         return -loss
     return score
-
-
-def load_score_fn(spec: str, key: str):
-    """`module:function` named in the recipe, imported (the function scores a draw)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ToolkitError(f"expected 'module:function', got '{spec}'", key=key)
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, SyntaxError) as exc:  # a syntax error names its file and line
-        raise ToolkitError(f"cannot import '{spec}': {exc}", key=key) from None
-    if not callable(fn):
-        raise ToolkitError(f"'{spec}' is not callable", key=key)
-    return fn

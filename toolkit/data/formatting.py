@@ -8,13 +8,12 @@ its end-of-turn token as the model's own chat template renders them (`toolkit.ch
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from toolkit.chat import IGNORE, encode_prompt, supervised_example
 from toolkit.errors import ToolkitError
 
-__all__ = ["IGNORE", "Example", "detect_format", "example_from_record", "parse_record", "record_conversation",
+__all__ = ["IGNORE", "Example", "detect_format", "example_from_record", "record_conversation",
            "record_messages", "record_text"]
 
 
@@ -27,19 +26,6 @@ class Example:
 
     def __len__(self):
         return len(self.input_ids)
-
-
-def parse_record(raw: bytes | str) -> tuple[dict | None, str | None]:
-    """(record, None) for one JSONL line that holds a JSON object, else (None, why it does not)."""
-    try:
-        record = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text (byte {exc.start + 1})"
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc.msg} (column {exc.colno})"
-    if not isinstance(record, dict):
-        return None, f"expected a JSON object, got {type(record).__name__}"
-    return record, None
 
 
 def detect_format(record: dict, text_field: str) -> str | None:

@@ -7,17 +7,17 @@ Every record keeps a `where` ("file.jsonl:LINE", "file.parquet[row N]", "dataset
 
 from __future__ import annotations
 
-import random
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
-from toolkit.data.formatting import Example, parse_record, record_text
+from toolkit.data.formatting import Example, record_text
 from toolkit.errors import ToolkitError
 from toolkit.recipe import DataConfig, SourceConfig
+from toolkit.util.jsonl import parse_record
+from toolkit.util.rng import rng_state, set_rng_state, stable_seed  # noqa: F401 (the state pair: tests import it here)
 
 class Records(list):
     """A list of (where, record) pairs that also carries how many malformed lines were skipped."""
@@ -50,31 +50,6 @@ def read_records(src: SourceConfig, index: int) -> Records:
         else:
             raise ToolkitError(problem, where=where, hint="fix the line, or set on_bad_line: skip for this source")
     return out
-
-
-def jsonl_rows(path: Path, data: bytes | None = None) -> Iterator[tuple[str, dict | None, str | None]]:
-    """(where, record, problem) for each non-blank line of a JSONL file (or of its bytes `data`):
-    `problem` says why a line is not a JSON object (bad JSON, not UTF-8, another JSON type)."""
-    lines = data.splitlines() if data is not None else Path(path).read_bytes().splitlines()
-    for lineno, raw in enumerate(lines, start=1):  # bytes: a line that is not UTF-8 is a bad line like any other
-        if raw.strip():  # blank lines (a trailing newline, spacing) are not records
-            yield f"{path}:{lineno}", *parse_record(raw)
-
-
-def stable_seed(*parts) -> int:
-    """A seed from values that is the same in every process (Python's hash() of a str is salted per process)."""
-    return zlib.crc32(":".join(str(p) for p in parts).encode())
-
-
-def rng_state(rng: random.Random) -> list:
-    """A `random.Random`'s state as JSON-ready lists (components keep their RNGs in state.json)."""
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def set_rng_state(rng: random.Random, state: list) -> None:
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
 
 
 class ExampleTable:

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from toolkit.chat import IGNORE, encode_prompts, supervised_example
-from toolkit.data.formatting import parse_record, record_conversation
+from toolkit.data.formatting import record_conversation
+from toolkit.util.jsonl import parse_record
 from toolkit.errors import ToolkitError
 
 JSON_COLUMN = "_toolkit_json"  # a raw row holding one record as JSON text (JSONL lines, text paragraphs)

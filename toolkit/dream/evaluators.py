@@ -26,8 +26,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from toolkit.curriculum.rewards import load_score_fn
-from toolkit.data.sources import jsonl_rows
+from toolkit.util.imports import load_function as load_score_fn
+from toolkit.util.jsonl import jsonl_rows
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import EvaluatorConfig, ModelConfig
 

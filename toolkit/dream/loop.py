@@ -15,7 +15,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from toolkit.data.sources import jsonl_rows, rng_state, set_rng_state, stable_seed
+from toolkit.util.jsonl import jsonl_rows
+from toolkit.util.rng import rng_state, set_rng_state, stable_seed
 from toolkit.dream.generate import chat_prompt, generate
 from toolkit.dream.pool import DreamSource
 from toolkit.dream.temperature import TemperaturePolicy

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 from toolkit.data.formatting import example_from_record
-from toolkit.data.sources import stable_seed
+from toolkit.util.rng import stable_seed
 from toolkit.journal import JsonlWriter
 
 

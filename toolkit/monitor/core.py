@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from toolkit.data.sources import stable_seed
+from toolkit.util.rng import stable_seed
 from toolkit.journal import SEVERITIES
 from toolkit.monitor.detectors import (BiasDetector, FormattingDetector, RepetitionDetector, SpikeDetector,
                                        worst)

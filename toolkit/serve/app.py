@@ -30,23 +30,10 @@ from toolkit.errors import ToolkitError
 from toolkit.journal import SEVERITIES
 from toolkit.recipe import ServeConfig
 from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
+from toolkit.util.jsonl import read_jsonl
 
 PAGE = Path(__file__).with_name("page.html")
 TINY_HYBRID = "tiny-hybrid"
-
-
-def read_rows(path: Path) -> list[dict]:
-    """JSON lines, skipping a line the training process is still writing (or any broken one)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def checkpoint_step(path: Path | None) -> int | None:
@@ -276,7 +263,7 @@ def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.
 
     @app.get("/api/status")
     def status():
-        steps = [r["step"] for r in read_rows(metrics_path) if "loss" in r]
+        steps = [r["step"] for r in read_jsonl(metrics_path, "tolerant") if "loss" in r]
         newest, _ = holder.newest()
         return {"run_dir": str(run_dir), "step": max(steps) if steps else 0,
                 "checkpoint_step": holder.step if holder.model is not None else newest,
@@ -285,7 +272,7 @@ def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.
     @app.get("/api/metrics")
     def metrics(since: int = -1):
         rows, val = [], []
-        for r in read_rows(metrics_path):
+        for r in read_jsonl(metrics_path, "tolerant"):
             if r.get("step", -1) <= since:
                 continue
             if "loss" in r:
@@ -296,13 +283,13 @@ def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.
 
     @app.get("/api/draws")
     def draws():
-        counts = Counter(r["source"] for r in read_rows(metrics_path) if "source" in r)
+        counts = Counter(r["source"] for r in read_jsonl(metrics_path, "tolerant") if "source" in r)
         return {"draws": dict(sorted(counts.items())), "total": sum(counts.values())}
 
     @app.get("/api/dream")
     def dream():
         cycles = []
-        for e in read_rows(journal_path):
+        for e in read_jsonl(journal_path, "tolerant"):
             if e.get("kind") == "dream_cycle":
                 d = e.get("data", {})
                 cycles.append({"step": e["step"], "temperature": d.get("temperature"),
@@ -315,7 +302,7 @@ def create_app(run_dir: Path, token: str | None = None, poll_seconds: float = 2.
         if severity not in SEVERITIES:
             raise HTTPException(400, f"unknown severity '{severity}': one of {', '.join(SEVERITIES)}")
         floor = SEVERITIES.index(severity)
-        events = [e for e in read_rows(journal_path)
+        events = [e for e in read_jsonl(journal_path, "tolerant")
                   if e.get("severity") in SEVERITIES and SEVERITIES.index(e["severity"]) >= floor]
         return {"events": events}
 

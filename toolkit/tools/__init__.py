@@ -1,0 +1,1 @@
+"""Developer tools over the source tree (not used at run time)."""
