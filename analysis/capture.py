@@ -39,7 +39,6 @@ Memory: each GDN and attention head keeps a T x T float32 matrix per prompt; pro
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -48,63 +47,15 @@ from pathlib import Path
 
 import torch
 
-from toolkit.util.jsonl import jsonl_rows
 from toolkit.errors import ToolkitError
+from toolkit.util.jsonl import jsonl_rows
+from toolkit.weights import resolve_weights
 
 DEFAULT_MAX_TOKENS = 256
 MERGED_PREFIX = "head-diff-merged-"
 
 
 # ---------------------------------------------------------------- resolving what to load
-
-
-def _read_recipe_model(run_dir: Path) -> str | None:
-    recipe = run_dir / "resolved_recipe.yaml"
-    if not recipe.is_file():
-        return None
-    import yaml
-
-    data = yaml.safe_load(recipe.read_text()) or {}
-    return ((data.get("model") or {}).get("name_or_path")) or None
-
-
-def _adapter_base(adapter_dir: Path, run_dir: Path | None) -> str:
-    """The base an adapter belongs to: the run's recipe model (RUN/base-model for tiny-hybrid), else
-    adapter_config's base_model_name_or_path."""
-    if run_dir is not None:
-        name = _read_recipe_model(run_dir)
-        if name == "tiny-hybrid" and (run_dir / "base-model" / "config.json").is_file():
-            return str(run_dir / "base-model")
-        if name and name != "tiny-hybrid":
-            return name
-        if (run_dir / "base-model" / "config.json").is_file():
-            return str(run_dir / "base-model")
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ToolkitError("adapter_config.json names no base model", where=str(adapter_dir),
-                           hint="pass the base model explicitly")
-    return base
-
-
-def resolve_weights(path_or_run: str | Path, base: str | None = None) -> tuple[str, Path | None]:
-    """(model dir or hub id, adapter dir or None) behind a model dir, hub id, full-model run dir (RUN/model),
-    PEFT adapter dir or LoRA run dir (RUN/adapter). An adapter's base: `base`, else the run's recipe model
-    (RUN/base-model for tiny-hybrid), else adapter_config's base_model_name_or_path."""
-    path = Path(str(path_or_run)).expanduser()
-    if not path.exists():
-        return str(path_or_run), None  # a hub id
-    if (path / "adapter_config.json").is_file():
-        run_dir = path.parent if (path.parent / "resolved_recipe.yaml").is_file() else None
-        return base or _adapter_base(path, run_dir), path
-    if (path / "config.json").is_file():
-        return str(path), None
-    if (path / "adapter" / "adapter_config.json").is_file():
-        return base or _adapter_base(path / "adapter", path), path / "adapter"
-    if (path / "model" / "config.json").is_file():
-        return str(path / "model"), None
-    raise ToolkitError("not a model dir, adapter dir or run dir (no config.json, adapter_config.json, adapter/ "
-                       "or model/)", where=str(path))
 
 
 def load_capture_model(path_or_run: str | Path, base: str | None = None, device: str = "cpu",

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from toolkit.errors import ToolkitError
+from toolkit.weights import RUN_RECIPE, adapter_base, find_run_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -77,14 +78,6 @@ def find_adapter(run_or_adapter: str | Path) -> Path:
             return candidate
     raise ToolkitError(f"no LoRA adapter here (looked for {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} in it and in "
                        "adapter/)", where=str(path), hint="pass a finished run directory or a PEFT adapter directory")
-
-
-def _run_dir(adapter: Path) -> Path | None:
-    """The run directory holding the adapter (has resolved_recipe.yaml): RUN/adapter, RUN/checkpoints/step-N/adapter."""
-    for parent in [adapter, *adapter.parents][:4]:
-        if (parent / "resolved_recipe.yaml").is_file():
-            return parent
-    return None
 
 
 def _adapter_config(adapter: Path) -> dict:
@@ -426,28 +419,17 @@ def _load_base(adapter: Path, device: torch.device, trust_remote_code: bool = Fa
     from toolkit.model import load_model, load_tokenizer
     from toolkit.recipe import ModelConfig
 
-    run_dir = _run_dir(adapter)
+    run_dir = find_run_dir(adapter)
+    trust = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    path = adapter_base(adapter, run_dir)
     loaded = None
     if run_dir is not None:
-        from toolkit.data.sources import source_texts
-        from toolkit.model import resolve_model_path
         from toolkit.recipe import load_recipe
 
-        loaded = load_recipe(run_dir / "resolved_recipe.yaml")
-        recipe = loaded.recipe
-        model_cfg = recipe.model.model_copy(update={"trust_remote_code": trust_remote_code,
-                                                    "allow_pickle": allow_pickle})
-        try:
-            path = resolve_model_path(model_cfg, run_dir / "base-model", lambda: source_texts(recipe.data),
-                                      recipe.run.seed)
-        except ToolkitError as err:
-            raise loaded.place(err) from None
+        loaded = load_recipe(run_dir / RUN_RECIPE)
+        model_cfg = loaded.recipe.model.model_copy(update={**trust, "name_or_path": path})
     else:
-        path = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-        if not path:
-            raise ToolkitError("cannot tell the adapter's base model (no resolved_recipe.yaml above it, no "
-                               "base_model_name_or_path)", where=str(adapter / ADAPTER_CONFIG))
-        model_cfg = ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        model_cfg = ModelConfig(name_or_path=path, **trust)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
         tokenizer = load_tokenizer(path, model_cfg)
@@ -661,7 +643,7 @@ def rank_report(run_a: str | Path, run_b: str | Path | None = None, data: str | 
     report["verdict"] = verdict(report["truncation"])
     if out is None:
         adapter = find_adapter(run_a)
-        out = (_run_dir(adapter) or Path(run_a)) / "reports"
+        out = (find_run_dir(adapter) or Path(run_a)) / "reports"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(out / "rank.json"), "markdown": str(out / "rank.md")}

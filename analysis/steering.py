@@ -64,7 +64,8 @@ BOOTSTRAP_RESAMPLES = 2000
 def load_steer_model(path_or_run: str | Path, base: str | None = None, device: str | None = None):
     """(model, tokenizer, model dir) for a model dir, run dir or adapter dir of any causal LM; an adapter is
     loaded on its base and merged in memory (no copy on disk). A multimodal checkpoint gives its text model."""
-    from analysis.capture import load_capture_model, resolve_weights
+    from analysis.capture import load_capture_model
+    from toolkit.weights import resolve_weights
 
     model_dir, _ = resolve_weights(path_or_run, base=base)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -31,10 +31,11 @@ import torch
 from toolkit.chat import chat_prompt, supervised_example
 from toolkit.data.batching import collate, to_device
 from toolkit.data.formatting import Example
-from toolkit.util.jsonl import jsonl_rows
 from toolkit.errors import ToolkitError
 from toolkit.loss import token_loss_sum
 from toolkit.recipe import EvalConfig, EvaluatorConfig
+from toolkit.util.jsonl import jsonl_rows
+from toolkit.weights import inference_placement, run_weights
 
 FIELDS = ("prompt", "positive", "negative")
 CONFIDENCE = 0.95
@@ -188,20 +189,6 @@ def write_reports(out: Path, report: dict, samples: int) -> dict:
 # ---------------------------------------------------------------- a run directory
 
 
-def run_weights(run_dir: Path) -> tuple[Path, int | None]:
-    """The weights to evaluate: the final RUN/adapter or RUN/model, else the newest checkpoint's; and the step."""
-    from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
-
-    newest = latest_checkpoint(run_dir)
-    step = int(STEP_DIR.match(newest.name).group(1)) if newest else None
-    for folder in [run_dir] + ([newest] if newest else []):
-        for name, marker in (("adapter", "adapter_config.json"), ("model", "config.json")):
-            if (folder / name / marker).is_file():
-                return folder / name, step
-    raise ToolkitError("no trained weights: neither adapter/ nor model/ nor a checkpoint", where=str(run_dir),
-                       hint="evaluate a run that has written a checkpoint")
-
-
 def base_model_path(recipe, run_dir: Path) -> str:
     """What the run trained from: RUN/base-model for tiny-hybrid, else the recipe's model."""
     from toolkit.model import TINY_HYBRID, resolve_model_path
@@ -228,8 +215,7 @@ def score_base_and_tuned(model_cfg, base_path: str, weights: Path, rows: list[di
     from toolkit.lora import load_adapter
     from toolkit.model import load_model, load_tokenizer
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    device, dtype = inference_placement()
     tokenizer = load_tokenizer(base_path, model_cfg)  # the tokenizer training used
     model = load_model(base_path, model_cfg, dtype=dtype).to(device)
     base = score_model(model, tokenizer, rows, evaluator, cfg)

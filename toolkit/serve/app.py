@@ -15,7 +15,6 @@ no request holds the model lock longer. Loading trusts the command line only: `t
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 from collections import Counter
@@ -31,6 +30,7 @@ from toolkit.journal import SEVERITIES
 from toolkit.recipe import ServeConfig
 from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
 from toolkit.util.jsonl import read_jsonl
+from toolkit.weights import adapter_base, inference_placement, recipe_model
 
 PAGE = Path(__file__).with_name("page.html")
 TINY_HYBRID = "tiny-hybrid"
@@ -99,14 +99,13 @@ class ModelHolder:
         self.model, self.tokenizer = None, None  # drop the old weights before loading the new: never two at once
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        device, dtype = inference_placement()
         adapter, full = ckpt_dir / "adapter", ckpt_dir / "model"
         if (adapter / "adapter_config.json").is_file():
             from toolkit.lora import load_adapter
 
             tokenizer = load_tokenizer(str(adapter), model_cfg)
-            base = load_model(self._base_path(adapter, model_cfg), model_cfg, dtype=dtype)
+            base = load_model(adapter_base(adapter, self.run_dir), model_cfg, dtype=dtype)
             model = load_adapter(base, adapter, allow_pickle=self.trusted["allow_pickle"])
         elif (full / "config.json").is_file():
             tokenizer = load_tokenizer(str(full), model_cfg)
@@ -118,31 +117,10 @@ class ModelHolder:
         self.model, self.tokenizer = model, tokenizer
 
     def _model_config(self):
-        import yaml
-
+        """The run's model section with this server's trust flags: the run directory does not decide what code runs."""
         from toolkit.recipe import ModelConfig
 
-        recipe_path = self.run_dir / "resolved_recipe.yaml"
-        section = {}
-        if recipe_path.is_file():
-            section = (yaml.safe_load(recipe_path.read_text()) or {}).get("model") or {}
-        section = {**section, **self.trusted}  # the run directory's recipe does not decide what code runs here
-        try:
-            return ModelConfig.model_validate(section)
-        except ValueError:
-            return ModelConfig(name_or_path=str(section.get("name_or_path", TINY_HYBRID)), **self.trusted)
-
-    def _base_path(self, adapter: Path, model_cfg) -> str:
-        """The adapter's base: the recipe's model (RUN/base-model for tiny-hybrid), else adapter_config's."""
-        if model_cfg.name_or_path == TINY_HYBRID and (self.run_dir / "base-model" / "config.json").is_file():
-            return str(self.run_dir / "base-model")
-        if (self.run_dir / "resolved_recipe.yaml").is_file() and model_cfg.name_or_path != TINY_HYBRID:
-            return model_cfg.name_or_path
-        config = json.loads((adapter / "adapter_config.json").read_text())
-        base = config.get("base_model_name_or_path")
-        if not base:
-            raise ToolkitError("cannot tell the adapter's base model", where=str(adapter / "adapter_config.json"))
-        return base
+        return (recipe_model(self.run_dir) or ModelConfig()).model_copy(update=self.trusted)
 
     def chat(self, messages: list[dict], temperature: float, max_new_tokens: int,
              top_p: float = 1.0) -> tuple[str, int, str]:

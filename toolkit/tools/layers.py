@@ -17,10 +17,10 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("text and tensors", ["toolkit.text", "toolkit.loss", "toolkit.packing"]),
     # the curriculum plan is what the recipe alone says about each step: recipe validation runs it
     ("recipe schema", ["toolkit.recipe", "toolkit.curriculum.plan", "toolkit.curriculum.schedule"]),
-    ("models and data", ["toolkit.model", "toolkit.weights", "toolkit.lora", "toolkit.chat", "toolkit.data",
+    ("models and data", ["toolkit.model", "toolkit.lora", "toolkit.chat", "toolkit.data",
                          "toolkit.journal"]),
     ("components", ["toolkit.curriculum", "toolkit.monitor", "toolkit.dream"]),
-    ("training and serving", ["toolkit.train", "toolkit.serve", "toolkit.estimate"]),
+    ("training and serving", ["toolkit.train", "toolkit.weights", "toolkit.serve", "toolkit.estimate"]),
     ("evaluation and analysis", ["toolkit.evaluate", "analysis"]),
     ("commands", ["toolkit.cli", "toolkit.launch", "toolkit.__main__", "toolkit.tools", "toolkit"]),
 ]
