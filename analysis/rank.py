@@ -478,22 +478,11 @@ def _behavior_examples(loaded, tokenizer, data: Path | None) -> tuple[list, str,
     return examples, f"validation examples of the run's sources ({names})", batch_size, 0
 
 
-@torch.no_grad()
 def _loss(model, examples, batch_size: int, pad_id: int) -> float:
-    """Mean next-token cross-entropy over target tokens (labels != -100), as the training loop's val loss."""
-    import torch.nn.functional as F
+    """Mean next-token cross-entropy over target tokens, as the training loop's validation loss."""
+    from toolkit.train.validation import examples_loss
 
-    from toolkit.data.batching import collate, micro_batches
-
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for batch_examples in micro_batches(examples, batch_size, "bucket"):
-        batch = {k: v.to(device) for k, v in collate(batch_examples, pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                                       reduction="sum"))
-        count += int((labels != -100).sum())
+    total, count = examples_loss(model, examples, batch_size, "bucket", pad_id)
     return total / count
 
 

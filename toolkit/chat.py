@@ -49,8 +49,7 @@ never a silent wrong mask.
 from __future__ import annotations
 
 from toolkit.errors import ToolkitError, first_line
-
-IGNORE = -100  # label of a token that carries no loss (PyTorch cross_entropy's ignore_index)
+from toolkit.loss import IGNORE  # label of a token that carries no loss
 
 # For a tokenizer without a chat template (GPT-2 and other base models). Passed through
 # apply_chat_template's `chat_template=` argument, never assigned to the tokenizer.

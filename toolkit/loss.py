@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+IGNORE = -100  # label of a token that carries no loss (PyTorch cross_entropy's ignore_index)
 # fp32 logits per chunk: ~270 positions at Qwen3.5's 248,320 tokens, ~2,100 at Llama's 32,000. Backward holds
 # about three of these at once (logits, their softmax, the gradient): under 1 GB.
 CHUNK_BYTES = 256 * 2**20

@@ -20,6 +20,7 @@ from collections import Counter, deque
 from toolkit.curriculum.plan import CurriculumPlan, Phase
 from toolkit.curriculum.rewards import LOSS_EMA, RewardScaler, raw_reward
 from toolkit.curriculum.samplers import build_sampler
+from toolkit.chat import IGNORE
 from toolkit.curriculum.shares import ShareLimiter
 from toolkit.errors import ToolkitError
 from toolkit.monitor.repetition import seq_rep_n
@@ -205,7 +206,7 @@ def _ema(previous: float | None, value: float) -> float:
 
 def _target_repetition(examples: list, n: int) -> float:
     """Mean seq-rep-n over the examples' target tokens (what the model is taught to produce)."""
-    reps = [seq_rep_n([t for t, label in zip(e.input_ids, e.labels) if label != -100], n) for e in examples]
+    reps = [seq_rep_n([t for t, label in zip(e.input_ids, e.labels) if label != IGNORE], n) for e in examples]
     return sum(reps) / len(reps) if reps else 0.0
 
 
