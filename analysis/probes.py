@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from analysis.steering import cosine
+from analysis.stats import cosine
 
 SEED = 0
 PERMUTATIONS = 100
@@ -145,7 +145,8 @@ def probe_command(model_path, pairs_path, layers_text, out, vector_dir=None, pos
                   n_permutations: int = PERMUTATIONS) -> dict:
     """`toolkit steer probe`: writes DIR/probes.json. With `tuned` (a run or adapter dir whose base is
     `model_path`), also the steering-vector vs fine-tune shift cosines."""
-    from analysis.steering import decoder_layers, load_steer_model, load_vectors, parse_layers, read_pairs
+    from analysis.hooks import decoder_layers
+    from analysis.steering import load_steer_model, load_vectors, parse_layers, read_pairs
 
     rows = read_pairs(pairs_path)
     vectors, vmeta = load_vectors(vector_dir) if vector_dir else ({}, None)

@@ -18,16 +18,7 @@ prompt and the completion are tokenized separately and concatenated, so the comp
 
 Positions: `last` reads the last completion token, `mean` averages over the completion's tokens.
 
-Methods (all deterministic):
-- mean_diff: mean(positive) - mean(negative), unnormalized (CAA style; what steering-vectors computes);
-- pca: repeng's pca_diff, the first principal component of the per-pair differences after subtracting their
-  mean (sklearn PCA), signed so that positives project higher than their negatives in most pairs. Centering
-  drops whatever all pairs share: it finds the axis along which the contrast varies across pairs, which is not
-  mean_diff's direction when a common offset dominates;
-- logreg: scikit-learn LogisticRegression (random_state=0) on positive(1)/negative(0) activations, the
-  coefficient direction, signed to point from the negative mean to the positive mean.
-pca and logreg give unit directions; they are scaled to the norm of the mean difference so that the same
-coefficient means about the same push for every method.
+Methods (all deterministic): mean_diff, pca (repeng's pca_diff) and logreg, estimators in analysis/directions.py.
 
 Sweeps: per coefficient the mean margin with a 95% bootstrap interval over prompts (scipy's BCa) and the sample
 std (ddof=1); per layer whether the mean margin moves one way as the coefficient grows (Spearman's rho with its
@@ -39,23 +30,21 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from analysis.directions import METHODS, compute_vector
+from analysis.hooks import capturing, decoder_layers, steering  # noqa: F401 (steering's public hooks)
+from analysis.stats import CONFIDENCE, cosine, mean_ci, monotonicity  # noqa: F401 (the sweep's statistics)
 from toolkit.errors import ToolkitError
 from toolkit.util.jsonl import jsonl_rows
 
-METHODS = ("mean_diff", "pca", "logreg")
 POSITIONS = ("last", "mean")
 VECTORS_FILE = "vectors.safetensors"
 META_FILE = "meta.json"
-CONFIDENCE = 0.95  # of the sweep's bootstrap intervals
-BOOTSTRAP_RESAMPLES = 2000
 
 
 # ---------------------------------------------------------------- inputs
@@ -92,17 +81,6 @@ def read_prompts(path: str | Path, fields: tuple[str, ...] = ("prompt",)) -> lis
 def read_pairs(path: str | Path) -> list[dict]:
     """Rows {"prompt", "positive", "negative"}; every field a non-empty string."""
     return read_prompts(path, ("prompt", "positive", "negative"))
-
-
-def decoder_layers(model):
-    """The decoder blocks (a ModuleList) of a causal LM, found generically (`toolkit.layout`): model.layers,
-    model.language_model.layers, GPT-2's transformer.h, through a PeftModel wrapper too."""
-    from toolkit.layout import decoder_layers as find
-
-    try:
-        return find(model)
-    except ValueError as exc:
-        raise ToolkitError(str(exc), hint="steering hooks need the model's list of decoder blocks") from None
 
 
 def parse_layers(text: str | list[int], n_layers: int, option: str = "--layers") -> list[int]:
@@ -159,52 +137,6 @@ def encode(tokenizer, prompt: str, completion: str | None) -> tuple[list[int], i
 # ---------------------------------------------------------------- hooks and forward passes
 
 
-def _output_hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_hidden(output, hidden):
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
-
-
-@contextmanager
-def steering(model, vectors: dict[int, torch.Tensor]):
-    """Add vectors[L] to decoder block L's output on every forward call (prefill and cached decode steps)
-    while inside. A zero or empty dict adds no hook."""
-    blocks = decoder_layers(model)
-    handles = []
-
-    def make(vec):
-        def hook(module, args, output):
-            hidden = _output_hidden(output)
-            return _replace_hidden(output, hidden + vec.to(hidden.device, hidden.dtype))
-        return hook
-
-    try:
-        for layer, vec in vectors.items():
-            if vec is not None and bool(torch.any(vec != 0)):
-                handles.append(blocks[layer].register_forward_hook(make(vec.detach())))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextmanager
-def capturing(model, layers: list[int]):
-    """Record decoder block L's output (= hidden_states[L + 1]) into the yielded dict on each forward."""
-    blocks = decoder_layers(model)
-    store: dict[int, torch.Tensor] = {}
-    handles = [blocks[layer].register_forward_hook(
-        lambda m, a, out, layer=layer: store.__setitem__(layer, _output_hidden(out).detach()))
-        for layer in layers]
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
@@ -257,46 +189,6 @@ def pair_activations(model, tokenizer, rows: list[dict], layers: list[int], posi
 
 
 # ---------------------------------------------------------------- vectors
-
-
-def compute_vector(pos: torch.Tensor, neg: torch.Tensor, method: str) -> torch.Tensor:
-    """One layer's steering vector from (n, hidden) positive and negative activations, row i of each one pair."""
-    if method not in METHODS:
-        raise ToolkitError(f"unknown method '{method}'", where="--method", hint=f"one of {', '.join(METHODS)}")
-    pos64, neg64 = pos.double(), neg.double()
-    diff = pos64.mean(0) - neg64.mean(0)
-    if method == "mean_diff":
-        return diff.float()
-    if method == "pca":
-        direction = pca_direction(pos64, neg64)
-    else:
-        from sklearn.linear_model import LogisticRegression
-
-        x = torch.cat([pos64, neg64]).numpy()
-        y = np.array([1] * len(pos64) + [0] * len(neg64))
-        clf = LogisticRegression(random_state=0, max_iter=5000).fit(x, y)
-        direction = torch.from_numpy(clf.coef_[0].astype(np.float64))
-        direction = direction / direction.norm().clamp_min(1e-12)
-        if float(direction @ diff) < 0:
-            direction = -direction
-    return (direction * diff.norm()).float()
-
-
-def pca_direction(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """repeng's pca_diff: the first principal component of the pairwise differences (centered, as sklearn's PCA
-    centers), a unit vector signed so that in most pairs the positive projects higher (ties: on average).
-
-    Centering removes what every pair shares, so this is the axis along which the pairs' differences vary most;
-    when they differ mostly by one common offset, mean_diff is that offset and the two disagree."""
-    from sklearn.decomposition import PCA
-
-    diffs = (pos - neg).double().numpy()
-    direction = torch.from_numpy(PCA(n_components=1, svd_solver="full").fit(diffs).components_[0].copy())
-    gaps = (pos.double() - neg.double()) @ direction  # per pair: positive's projection minus negative's
-    votes = int((gaps > 0).sum()) - int((gaps < 0).sum())
-    if votes < 0 or (votes == 0 and float(gaps.sum()) < 0):
-        direction = -direction
-    return direction
 
 
 def train_vectors(model, tokenizer, rows: list[dict], layers: list[int], method: str = "mean_diff",
@@ -405,48 +297,6 @@ def mean_kl(reference: list[torch.Tensor], steered: list[torch.Tensor]) -> float
     """KL(reference || steered) per position, averaged over positions and then prompts."""
     values = [float((ref.exp() * (ref - st)).sum(-1).mean()) for ref, st in zip(reference, steered)]
     return float(np.mean(values)) if values else 0.0
-
-
-def mean_ci(values, seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """Bootstrap confidence interval of the mean, resampling prompts (scipy's BCa); None under two values."""
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, float)
-    if len(values) < 2:
-        return None
-    if np.ptp(values) == 0:  # BCa is undefined when every resample is the same
-        return float(values[0]), float(values[0])
-    ci = bootstrap((values,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=confidence,
-                   rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
-
-
-def spearman(xs, ys, seed: int = 0, p_value: bool = True) -> tuple[float | None, float | None]:
-    """(Spearman's rho, its permutation p-value): exact over all orders up to 7 points, where scipy's
-    t-approximation would call a perfect 5-point order p ≈ 1e-24 (exactly it is 2/120)."""
-    from scipy.stats import PermutationMethod, pearsonr, rankdata
-
-    x, y = rankdata(xs), rankdata(ys)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None, None
-    if not p_value:
-        return float(np.corrcoef(x, y)[0, 1]), None
-    result = pearsonr(x, y, method=PermutationMethod(rng=np.random.default_rng(seed)))
-    return float(result.statistic), float(result.pvalue)
-
-
-def monotonicity(coefficients, values, seed: int = 0, p_value: bool = True) -> dict:
-    """Does `values` move one way as the coefficient grows? Spearman's rho and its p-value across coefficients, and
-    the sign changes of successive differences (a U-shaped response has rho ≈ 0 and one sign change)."""
-    order = np.argsort(coefficients, kind="stable")
-    x, y = np.asarray(coefficients, float)[order], np.asarray(values, float)[order]
-    rho, p = spearman(x, y, seed, p_value)
-    steps = np.sign(np.diff(y))
-    steps = steps[steps != 0]
-    changes = int((steps[1:] != steps[:-1]).sum())
-    direction = None if changes or not len(steps) else ("increasing" if steps[0] > 0 else "decreasing")
-    return {"spearman_rho": rho, "spearman_p": p, "sign_changes": changes, "monotonic": direction is not None,
-            "direction": direction}
 
 
 def margin_row(margins_: list[float], baseline: list[float], seed: int = 0) -> dict:
@@ -605,7 +455,3 @@ def sweep_command(model_path, vector_dir, layers_text, coefficients_text: str, p
     return result
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 and math.isfinite(denom) else 0.0
