@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from analysis import probes, rank, steering
+from analysis import adapters, probes, rank, steering
 
 R, SHAPE = 64, (512, 256)  # LoRA r, and each module's (out, in)
 MODULES = ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.v_proj")
@@ -44,10 +44,10 @@ def write_adapter(path: Path, factors: dict, base: str = "none") -> Path:
     for name, (b, a) in factors.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.float().contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.float().contiguous()
-    save_file(tensors, str(path / rank.ADAPTER_WEIGHTS))
+    save_file(tensors, str(path / adapters.ADAPTER_WEIGHTS))
     config = {"peft_type": "LORA", "r": R, "lora_alpha": R, "base_model_name_or_path": base,
               "target_modules": sorted({n.rsplit(".", 1)[-1] for n in factors})}
-    (path / rank.ADAPTER_CONFIG).write_text(json.dumps(config))
+    (path / adapters.ADAPTER_CONFIG).write_text(json.dumps(config))
     return path
 
 

@@ -143,9 +143,10 @@ def warmup_setups(draw):
     floors = {n: draw(st.integers(1, 15)) / 100 for n in names if draw(st.booleans())}
     caps = {n: draw(st.integers(max(int(floors.get(n, 0) * 100), 5), 100)) / 100 for n in names
             if draw(st.booleans())}
+    sampler = draw(st.sampled_from(SAMPLERS))
     cfg = CurriculumConfig(
         warmup_steps=draw(st.integers(1, 400)), warmup_sources=warm, order=draw(st.sampled_from(ORDERS)),
-        sampler=draw(st.sampled_from(SAMPLERS)), window=draw(st.sampled_from([None, 50])),
+        sampler=sampler, window=draw(st.sampled_from([None, 50])) if sampler == "ucb1" else None,  # UCB1's key
         reward=draw(st.sampled_from(["learning_progress", "neg_loss"])), floors=floors, caps=caps)
     return cfg, sources, draw(st.integers(0, 2**16))
 

@@ -123,3 +123,18 @@ def test_runtime_user_errors_are_one_line_too(tmp_path):
                   "--set", "model.name_or_path=tiny-hybrid", "--set", "data.sources.0.path=missing.jsonl")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "data file not found: missing.jsonl" in out.stderr
+
+
+@pytest.mark.parametrize("section, message", [
+    ("dream:\n  enabled: true\n  seeds: s.jsonl\n  evaluator:\n    kind: judge\n    model: x/y\n    must_match: [a]\n",
+     "'must_match' belongs to kind 'rules', not 'judge'"),
+    ("dream:\n  enabled: true\n  seeds: s.jsonl\n  evaluator:\n    must_include: [a]\n    function: m:f\n",
+     "'function' belongs to kind 'python', not 'rules'"),
+    ("curriculum:\n  sampler: exp3\n  window: 50\n", "'window' belongs to sampler 'ucb1', not 'exp3'"),
+    ("curriculum:\n  gamma: 0.2\n", "'gamma' belongs to sampler 'exp3', not 'weighted'"),
+])
+def test_a_key_of_another_kind_is_an_error_not_ignored(tmp_path, section, message):
+    recipe = write(tmp_path / "r.yaml", section)
+    with pytest.raises(ToolkitError) as err:
+        load_recipe(recipe)
+    assert message in str(err.value) and f"{recipe}:" in str(err.value)

@@ -23,6 +23,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def reject_other_kinds(section: type[BaseModel], data, kind_key: str, keys_by_kind: dict[str, tuple[str, ...]]):
+    """For a section whose `kind_key` picks one of several interchangeable parts: a key that belongs to
+    another part is an error, never silently ignored (`must_match` under `kind: judge`, `window` with exp3).
+    A key at its default (as a resolved recipe writes every key) or null counts as not set."""
+    if not isinstance(data, dict):
+        return data
+    fields = section.model_fields
+    kind = data.get(kind_key, fields[kind_key].default)
+    for other, keys in keys_by_kind.items():
+        if other == kind:
+            continue
+        stray = [k for k in keys if k not in keys_by_kind.get(kind, ())
+                 and data.get(k) is not None and data[k] != fields[k].get_default(call_default_factory=True)]
+        if stray:
+            raise ValueError(f"'{stray[0]}' belongs to {kind_key} '{other}', not '{kind}'")
+    return data
+
+
 class RunConfig(Section):
     name: str = "run"
     output_dir: str = "runs/run"
@@ -173,6 +191,9 @@ class RepetitionGuardConfig(Section):
     veto_above: float | None = Field(0.5, gt=0, le=1)  # None: never veto
 
 
+SAMPLER_KEYS = {"ucb1": ("c", "window", "discount"), "exp3": ("gamma",)}
+
+
 class CurriculumConfig(Section):
     """Which source each step draws from: warmup gate, phases, tier order, caps/floors, a sampler."""
 
@@ -197,6 +218,11 @@ class CurriculumConfig(Section):
     floors: dict[str, float] = {}  # least a source gets while it is eligible
     share_window: int = Field(200, ge=1)  # caps and floors hold over the phase and over the last N draws
     repetition: RepetitionGuardConfig = RepetitionGuardConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_keys(cls, data):
+        return reject_other_kinds(cls, data, "sampler", SAMPLER_KEYS)
 
     @field_validator("caps", "floors")
     @classmethod
@@ -318,6 +344,14 @@ class TemperatureConfig(Section):
 class EvaluatorConfig(Section):
     """Judges a (scenario, response): every kind returns a score, pass/fail and a reason."""
 
+EVALUATOR_KEYS = {
+    "rules": ("must_include", "must_match", "must_not_include", "must_not_match"),
+    "classifier": ("examples",),
+    "judge": ("model", "prompt", "score_pattern", "max_score", "max_new_tokens"),
+    "python": ("function",),
+}
+
+
     kind: Literal["rules", "classifier", "judge", "python"] = "rules"
     # rules: phrases (case-insensitive) and regular expressions that must / must not appear
     must_include: list[str] = []
@@ -340,6 +374,11 @@ class EvaluatorConfig(Section):
     @model_validator(mode="after")
     def _needs(self):
         need = {"classifier": "examples", "judge": "model", "python": "function"}.get(self.kind)
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_keys(cls, data):
+        return reject_other_kinds(cls, data, "kind", EVALUATOR_KEYS)
+
         if need and not getattr(self, need):
             raise ValueError(f"evaluator kind '{self.kind}' needs `{need}`")
         if self.kind == "rules" and not (self.must_include or self.must_match or self.must_not_include
