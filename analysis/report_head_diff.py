@@ -14,7 +14,14 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
+
+from analysis.capture import ModelCapture
+from analysis.head_diff_stats import SCORE_FLOOR
+from analysis.head_diff_summary import _fmt
+
+FIGURE_PROBE = 0  # the probe whose before/after patterns the report draws
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
@@ -236,3 +243,115 @@ def write_html(result: dict, path: str | Path, figures: list[dict] | None = None
     path = Path(path)
     path.write_text(render_html(result, figures), encoding="utf-8")
     return path
+
+
+def write_markdown(result: dict, path: Path):
+    s, null = result["summary"], result["null"]
+    against = f"control run {result['control']}" if null["kind"] == "control" else "propagated change"
+    probes = (f"Probes: {result['n_prompts']} ({result['prompts']}), at most {result['max_tokens']} tokens each. "
+              f"Null: {against}; {null['test']}; {null['correction']} at {null['alpha']}.")
+    lines = [f"# Head diff: {result['base']} -> {result['tuned']}", "", probes, "", "## Answers", ""]
+    lines += [f"- **{a['question']}** {a['answer']}" for a in s["answers"]]
+    lines.append("")
+    for kind, label in (("attention", "Full-attention heads (score: mean JSD, bits)"),
+                        ("gdn", "GDN heads (score: implicit-matrix normalized distance)")):
+        k = s["by_kind"][kind]
+        if not k["n_heads"]:
+            continue
+        lines += [f"### {label}", "", f"{k['n_significant']} of {k['n_heads']} significant; {k['n_direct']} direct.",
+                  "", "| head | score | null | excess | p (BH) | significant | direct |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['name']} | {_fmt(t['score'])} | {_fmt(t['null_score'])} | {_fmt(t['excess'])} | "
+                  f"{_fmt(t['p_corrected'], 3)} | {_fmt(t['significant'])} | {_fmt(t['direct'])} |" for t in k["top"]]
+        lines.append("")
+    lines += ["### By layer", "", "| layer | kind | change beyond null | share | significant |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {layer} | {e['kind']} | {_fmt(e['total'])} | {e['share']:.0%} | {e['n_significant']}/{e['n_heads']} |"
+              for layer, e in s["by_layer"].items()]
+    lines += ["", "## Every head", "",
+              ("| head | kind | score | direct score | propagated | null | ratio | effect | p (BH) | sig | direct "
+               "| weight d |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for h in result["heads"]:
+        lines.append(f"| {h['name']} | {h['kind']} | {_fmt(h['score'])} | {_fmt(h['direct_score'])} | "
+                     f"{_fmt(h['propagated_score'])} | {_fmt(h['null_score'])} | {_fmt(h['ratio_to_null'], 3)} | "
+                     f"{_fmt(h['effect_size'], 3)} | {_fmt(h['p_corrected'], 3)} | {_fmt(h['significant'])} | "
+                     f"{_fmt(h['direct'])} | {_fmt(h['weight_rel_change'])} |")
+    gdn = [h for h in result["heads"] if h["kind"] == "gdn"]
+    if gdn:
+        header = "| head | beta W1 (base split) | beta d | tau W1 (base split) | tau KS | tau d | d A_log | d dt_bias |"
+        lines += ["", "## GDN gates", "", header, "|---|---|---|---|---|---|---|---|"]
+        for h in gdn:
+            b, t, g = h["beta"], h["decay_timescale"], h["gates"]
+            lines.append(f"| {h['name']} | {_fmt(b['wasserstein'])} ({_fmt(b['wasserstein_base_split'])}) | "
+                         f"{_fmt(b['effect_size'], 3)} | {_fmt(t['wasserstein'])} "
+                         f"({_fmt(t['wasserstein_base_split'])}) | {_fmt(t['ks_stat'], 3)} | "
+                         f"{_fmt(t['effect_size'], 3)} | "
+                         f"{_fmt(g.get('A_log', {}).get('delta'))} | {_fmt(g.get('dt_bias', {}).get('delta'))} |")
+    lines += ["", "## How to read this", "",
+              ("- score: attention = mean Jensen-Shannon divergence per query row (bits); GDN = "
+               "||A_after - A_before||_F / ||A_before||_F of the exact implicit attention matrix (core output = A V)."),
+              ("- null: the control's change of the head, or without a control its propagated change (base "
+               "parameters on the tuned inputs). excess = score - null; ratio = how many times as far the head's "
+               "mixing matrix moved as under the null; effect = mean / std of the per-probe differences."),
+              f"- significant: {null['test']}, {null['correction']}-corrected p < {null['alpha']}.",
+              "- direct: the head's own weights moved (beyond fp32 round-off); otherwise any change is propagated.",
+              "- tau = -1/g, the decay timescale in tokens; W1 in brackets is the base model's own even/odd-probe W1.",
+              ""]
+    path.write_text("\n".join(lines))
+
+
+
+def write_plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    heads = result["heads"]
+    fig, ax = plt.subplots(figsize=(min(40, max(6, 0.3 * len(heads))), 4))
+    colors = ["tab:red" if h["kind"] == "attention" else "tab:blue" for h in heads]
+    ax.bar(range(len(heads)), [h["excess_distance"] for h in heads], color=colors,
+           edgecolor=["black" if h["significant"] else "none" for h in heads])
+    if len(heads) <= 128:
+        ax.set_xticks(range(len(heads)))
+        ax.set_xticklabels([h["name"] for h in heads], rotation=90, fontsize=6)
+    ax.set_ylabel("change beyond the null (normalized distance)")
+    ax.set_title("Head change beyond the null (red: attention, blue: GDN; outlined: significant)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+
+def _figure_patterns(result: dict, base: ModelCapture, tuned: ModelCapture, k: int = 6) -> list[dict]:
+    """Before/after matrices on the figure probe of the top significant heads (or, when none is, of the heads that
+    changed most)."""
+    after = tuned.prompts[FIGURE_PROBE].get("patterns") or {}
+    ref = base.prompts[FIGURE_PROBE]
+    top = [t for t in result["summary"]["top_heads"] if t["significant"]]
+    if not top:
+        top = [h for h in sorted(result["heads"], key=lambda h: -h["matrix_distance"]) if h["score"] > SCORE_FLOOR]
+    out = []
+    for t in top[:k]:
+        name = t["name"]
+        before = ref["attention"].get(name)
+        if before is None:
+            before = ref["gdn"][name]["implicit"]
+        if name in after:
+            out.append({"name": name, "kind": t["kind"], "before": before.numpy(), "after": after[name].numpy()})
+    return out
