@@ -154,6 +154,38 @@ def keys():
 
 
 @app.command()
+def estimate(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    gpu_memory: Annotated[float, typer.Option("--gpu-memory", min=1, help="GiB per GPU.")] = 80.0,
+    seq: Annotated[int | None, typer.Option("--seq", min=1, help="Sequence length (default data.max_length).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", min=1, help="Micro-batch (default train.batch_size).")] = None,
+    command: Annotated[str, typer.Option("--command", help="finetune (LoRA unless lora.enabled is false) or "
+                                                           "pretrain (every weight).")] = "finetune",
+    gdn_kernel: Annotated[str, typer.Option("--gdn-kernel", help="fla (GPU kernels) or torch (the CPU fallback): "
+                                                                 "their GDN activations differ.")] = "fla",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of tables.")] = False,
+):
+    """Parameters and memory per GPU (weights, gradients, optimizer, activations) under 1 process, FSDP2 and
+    ZeRO-3, and how many GPUs the run needs: from the recipe and the model's config, no weights loaded."""
+    from toolkit.estimate import estimate as run_estimate
+    from toolkit.estimate import estimate_json, render
+    from toolkit.recipe import load_recipe
+
+    for value, option, allowed in ((command, "--command", ("finetune", "pretrain")),
+                                   (gdn_kernel, "--gdn-kernel", ("fla", "torch"))):
+        if value not in allowed:
+            raise ToolkitError(f"'{value}' is not one of {', '.join(allowed)}", where=option)
+    loaded = load_recipe(recipe, set_)
+    _quiet_libraries()
+    result = run_estimate(loaded, command, gpu_memory_gib=gpu_memory, seq=seq, batch=batch, gdn_kernel=gdn_kernel)
+    if as_json:
+        typer.echo(estimate_json(result))
+    else:
+        render(result)
+
+
+@app.command()
 def dream(
     recipe: RecipeArg,
     cycles: Annotated[int, typer.Option("--cycles", min=1, help="How many dream cycles to run.")] = 1,

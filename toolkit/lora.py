@@ -226,8 +226,9 @@ def _trained_gates(model) -> dict[str, nn.Parameter]:
 ALIASES_METADATA = "toolkit_layer_aliases"
 
 
-def save_adapter(model, out_dir: Path) -> None:
-    """Write the adapter in PEFT format (safetensors); trained gates go into the same weights file.
+def save_adapter(model, out_dir: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the adapter in PEFT format (safetensors); trained gates go into the same weights file. `state`:
+    the trainable tensors gathered whole from a sharded model (FSDP, ZeRO-3), whose own parameters are shards.
 
     When the base checkpoint's own class keeps the decoder blocks elsewhere than the class we trained (a
     multimodal Qwen3.5: `model.language_model.layers` vs `model.layers`), every tensor is also stored under
@@ -239,11 +240,12 @@ def save_adapter(model, out_dir: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state)
     path = out_dir / ADAPTER_WEIGHTS
     weights = load_file(path)
     # PeftModel names (base_model.model.<base name>): the keys plain peft's load_state_dict expects
-    weights.update({n: p.detach().cpu().contiguous().clone() for n, p in _trained_gates(model).items()})
+    gates = {n: (p if state is None else state[n]) for n, p in _trained_gates(model).items()}
+    weights.update({n: p.detach().cpu().contiguous().clone() for n, p in gates.items()})
     aliases = _layer_aliases(model)
     for trained, checkpoint in aliases.items():
         weights.update({checkpoint + k[len(trained):]: v.clone() for k, v in list(weights.items()) if k.startswith(trained)})

@@ -318,6 +318,9 @@ class MonitorConfig(Section):
     # Off by default: a model early in pretraining repeats itself by nature; recipes opt in.
     pause_on: Literal["warn", "high", "critical"] | None = None
     penalize: bool = True  # repetition in audits lowers the reward of the sources drawn since the last one
+    # monitor.async: audits run in a background thread on a copy of the weights taken at the due step; their
+    # findings (penalties, pauses) act at the next audit step (or the run's end)
+    background: bool = Field(False, validation_alias=AliasChoices("async", "background"))
 
 
 class TemperatureConfig(Section):
@@ -341,9 +344,6 @@ class TemperatureConfig(Section):
         return v
 
 
-class EvaluatorConfig(Section):
-    """Judges a (scenario, response): every kind returns a score, pass/fail and a reason."""
-
 EVALUATOR_KEYS = {
     "rules": ("must_include", "must_match", "must_not_include", "must_not_match"),
     "classifier": ("examples",),
@@ -351,6 +351,9 @@ EVALUATOR_KEYS = {
     "python": ("function",),
 }
 
+
+class EvaluatorConfig(Section):
+    """Judges a (scenario, response): every kind returns a score, pass/fail and a reason."""
 
     kind: Literal["rules", "classifier", "judge", "python"] = "rules"
     # rules: phrases (case-insensitive) and regular expressions that must / must not appear
@@ -371,14 +374,14 @@ EVALUATOR_KEYS = {
     # python: "module:function" called with (scenario, response); returns a float, a dict or a Verdict
     function: str | None = None
 
-    @model_validator(mode="after")
-    def _needs(self):
-        need = {"classifier": "examples", "judge": "model", "python": "function"}.get(self.kind)
     @model_validator(mode="before")
     @classmethod
     def _kind_keys(cls, data):
         return reject_other_kinds(cls, data, "kind", EVALUATOR_KEYS)
 
+    @model_validator(mode="after")
+    def _needs(self):
+        need = {"classifier": "examples", "judge": "model", "python": "function"}.get(self.kind)
         if need and not getattr(self, need):
             raise ValueError(f"evaluator kind '{self.kind}' needs `{need}`")
         if self.kind == "rules" and not (self.must_include or self.must_match or self.must_not_include
@@ -413,7 +416,10 @@ class DreamConfig(Section):
     response_temperature: float = Field(0.1, gt=0)
     scenario_max_new_tokens: int = Field(48, ge=1)
     response_max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(8, ge=1)  # generation batch (left-padded, KV cache)
+    batch_size: int = Field(32, ge=1)  # rows per generate call (left-padded, KV cache): a default cycle is one call
+    # dream.async: the cycle runs in a background thread on a copy of the weights taken at the due step, and
+    # its examples join the data at the next due step (or the run's end): training is not blocked
+    background: bool = Field(False, validation_alias=AliasChoices("async", "background"))
     constitution: str | None = None  # text, or a path to a text file; in the prompt when generating only
     scenario_prompt: str = ("{constitution}Write one message a user might send in this situation: {situation}\n"
                             "Message:")

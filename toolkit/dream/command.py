@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from toolkit.dream.background import Pending, join_step
 from toolkit.dream.evaluators import build_evaluator
 from toolkit.dream.loop import DreamLoop
 from toolkit.dream.pool import DreamSource
@@ -51,6 +52,36 @@ def run_cycle(dream: DreamLoop, model, tokenizer, step: int, progress: float, ph
     summary, events = dream.cycle(model, tokenizer, step, progress, phase_temperature)
     for event in events:
         journal.event(step, "dream", "info" if event["passed"] else "warn", **event)
+    journal.event(step, "dream_cycle", **summary)
+    return summary
+
+
+def cycle_in_background(dream: DreamLoop, model, tokenizer, step: int, max_steps: int, phase_temperature, journal,
+                        background) -> tuple[dict | None, float | None]:
+    """dream.async, on the main process after `step`: the cycle whose join step has come is applied, then the
+    cycle due now starts in the background on a frozen copy of the weights (the order a synchronous run takes:
+    each cycle's temperature and seeds see every earlier outcome). Returns (the applied cycle's summary or
+    None, the seconds it ran in the background or None)."""
+    summary, seconds, pending = None, None, dream.pending
+    if pending is not None and pending.join <= step and pending.step < step:
+        summary = apply_pending(dream, step, journal)  # waits for the worker if it is still running
+        seconds = pending.seconds
+    if dream.due(step):
+        job = dream.plan(step, step / max_steps, phase_temperature)
+        frozen, own_tokenizer = background.snapshot(model, tokenizer, step)
+        dream.pending = Pending(job, join_step(step, dream.cfg.every, max_steps),
+                                background.submit(dream.dream, job, frozen, own_tokenizer))
+    return summary, seconds
+
+
+def apply_pending(dream: DreamLoop, step: int, journal) -> dict:
+    """dream.async: the cycle that ran in the background (waited for if still running) applied now, at its join
+    `step`, and journaled there; `weights_step` is the step whose weights it dreamed on."""
+    pending, dream.pending = dream.pending, None
+    summary, events = dream.apply(pending.job, pending.result())
+    for event in events:
+        journal.event(step, "dream", "info" if event["passed"] else "warn", **event)
+    summary = {**summary, "weights_step": pending.step}
     journal.event(step, "dream_cycle", **summary)
     return summary
 

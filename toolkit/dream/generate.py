@@ -20,7 +20,8 @@ import torch
 
 from toolkit.chat import chat_prompt, encode_prompt
 
-__all__ = ["chat_prompt", "eos_token_ids", "generate", "generate_ids"]  # chat_prompt: from toolkit.chat
+__all__ = ["chat_prompt", "eos_token_ids", "generate", "generate_ids", "sample",
+           "sample_ids"]  # chat_prompt: from toolkit.chat
 
 CHATML_END = "<|im_end|>"
 
@@ -56,6 +57,62 @@ def generate_ids(model, tokenizer, prompts: list[str], *, temperature: float, ma
             for row, i in enumerate(batch):
                 results[i] = _until_eos(out[row, input_ids.shape[1]:].tolist(), eos)
     return results
+
+
+def sample(model, tokenizer, prompts: list[str], *, temperatures: list[float], seeds: list[int], max_new_tokens: int,
+           batch_size: int) -> list[str]:
+    """Like `generate`, but each prompt has its own temperature (<= 0: greedy) and seed, and the global RNG is
+    never used: a row's text depends on its prompt, temperature and seed only, not on the rows batched with it,
+    and a background thread can sample while the training thread draws dropout masks from the global RNG."""
+    eos = eos_token_ids(model, tokenizer)
+    new_ids = sample_ids(model, tokenizer, prompts, temperatures=temperatures, seeds=seeds,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [_decode_new(tokenizer, ids, eos) for ids in new_ids]
+
+
+def sample_ids(model, tokenizer, prompts: list[str], *, temperatures: list[float], seeds: list[int],
+               max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """`sample`'s new token ids, up to and including the end-of-turn token."""
+    from transformers import LogitsProcessorList
+
+    if not len(prompts) == len(temperatures) == len(seeds):
+        raise ValueError("sample needs one temperature and one seed per prompt")
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    config = _generation_config(0.0, max_new_tokens, 0, eos, pad)  # argmax over the noised scores
+    device = next(model.parameters()).device
+    results: list[list[int]] = [[] for _ in prompts]
+    with _eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            input_ids, mask = _left_pad([ids[i] for i in batch], pad, device)
+            noise = GumbelSampler([temperatures[i] for i in batch], [seeds[i] for i in batch], device)
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                 logits_processor=LogitsProcessorList([noise]))
+            for row, i in enumerate(batch):
+                results[i] = _until_eos(out[row, input_ids.shape[1]:].tolist(), eos)
+    return results
+
+
+class GumbelSampler:
+    """Sampling as argmax(logits / T + Gumbel noise) (the Gumbel-max trick: the same distribution as softmax
+    sampling at T), with one private generator per row. Rows at T <= 0 get no noise: greedy. Generation stops
+    when every row has ended (finished rows ride along as padding until then); each row draws one noise vector
+    per step whether finished or not, so its stream does not depend on its neighbours."""
+
+    def __init__(self, temperatures: list[float], seeds: list[int], device):
+        self.temperatures = temperatures
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float().clone()
+        for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators)):
+            if temperature > 0:
+                uniform = torch.rand(scores.shape[1], generator=generator, device=scores.device)
+                scores[row] = scores[row] / temperature - torch.log(-torch.log(uniform))
+        return scores
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

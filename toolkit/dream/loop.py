@@ -3,6 +3,8 @@ temperature, answers each at the response temperature, an evaluator judges, and 
 training data (STaR / ReST-EM: keep what passes; SPIN-style pairs for preference training later).
 
     cycle = dream.cycle(model, tokenizer, step, progress, phase_temperature)
+    # = dream.apply(job, dream.dream(job, model, tokenizer)) with job = dream.plan(step, progress, ...):
+    # plan and apply change the loop's state; dream only generates and judges (dream.async runs it aside)
 
 The constitution is in the prompt when generating and stripped from what is trained on (seed 002).
 Seeds whose scenarios always pass or always fail teach little (DAPO's filter): they are drawn with
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from toolkit.util.jsonl import jsonl_rows
 from toolkit.util.rng import rng_state, set_rng_state, stable_seed
-from toolkit.dream.generate import chat_prompt, generate
+from toolkit.dream.background import Pending
+from toolkit.dream.generate import chat_prompt, sample
 from toolkit.dream.pool import DreamSource
 from toolkit.dream.temperature import TemperaturePolicy
 from toolkit.errors import ToolkitError
@@ -38,6 +41,7 @@ class DreamLoop:
         self.cycles = 0
         self.seed_outcomes: dict[str, list[int]] = {}  # seed id -> [passed, evaluated], over all cycles
         self.pairs = JsonlWriter(Path(run_dir) / "dream" / "pairs.jsonl", enabled=write)
+        self.pending: Pending | None = None  # a cycle running beside training (dream.async), applied at its join
 
     def due(self, step: int) -> bool:
         return step > 0 and step % self.cfg.every == 0
@@ -46,38 +50,57 @@ class DreamLoop:
 
     def cycle(self, model, tokenizer, step: int, progress: float, phase_temperature=None) -> tuple[dict, list[dict]]:
         """Run one cycle; returns (summary, one record per judged response) for the journal."""
+        job = self.plan(step, progress, phase_temperature)
+        return self.apply(job, self.dream(job, model, tokenizer))
+
+    def plan(self, step: int, progress: float, phase_temperature=None) -> dict:
+        """What the cycle due at `step` will do: its temperature and seeds (this moves the loop's RNG). JSON."""
         if self.evaluator is None:  # build_dream gives the judge to the main process only
             raise RuntimeError("dream cycles run on the main process only; the others load its state")
-        cfg = self.cfg
-        failure_rate = self.policy.failure_rate()  # the rate that sets this cycle's temperature
-        temperature = self.policy.temperature(progress, phase_temperature)
-        picked = self._pick_seeds()
-        scenarios = self._write_scenarios(model, tokenizer, picked, temperature)
-        asked = [s for s in scenarios for _ in range(cfg.samples_per_scenario)]
-        responses = generate(model, tokenizer, [self._prompt(tokenizer, s) for s in asked],
-                             temperature=cfg.response_temperature, max_new_tokens=cfg.response_max_new_tokens,
-                             batch_size=cfg.batch_size, seed=stable_seed(self.seed, "responses", self.cycles))
-        verdicts = self.evaluator.evaluate(asked, responses)
-        self.policy.record([v.passed for v in verdicts])
+        return {"step": step, "cycle": self.cycles, "failure_rate": self.policy.failure_rate(),
+                "temperature": self.policy.temperature(progress, phase_temperature), "seeds": self._pick_seeds()}
+
+    def dream(self, job: dict, model, tokenizer) -> dict:
+        """The cycle's generation and judging: reads the job and the config, never the loop's state, so it can
+        run in a background thread on a copy of the weights. Every generation is one batched call. JSON."""
+        cfg, picked, cycle = self.cfg, job["seeds"], job["cycle"]
+        scenarios = self._write_scenarios(model, tokenizer, picked, job["temperature"], cycle)
+        n = cfg.samples_per_scenario
+        responses = sample(model, tokenizer, [self._prompt(tokenizer, s) for s in scenarios for _ in range(n)],
+                           temperatures=[cfg.response_temperature] * len(scenarios) * n,
+                           seeds=[stable_seed(self.seed, "responses", cycle, i) for i in range(len(scenarios) * n)],
+                           max_new_tokens=cfg.response_max_new_tokens, batch_size=cfg.batch_size)
+        asked = [s for s in scenarios for _ in range(n)]
+        verdicts = [{"score": float(v.score), "passed": bool(v.passed), "reason": str(v.reason)}
+                    for v in self.evaluator.evaluate(asked, responses)]
+        failed = [i for i in range(len(scenarios)) if not all(v["passed"] for v in verdicts[i * n:(i + 1) * n])]
+        targets = dict(zip(failed, self._targets(model, tokenizer, [picked[i] for i in failed],
+                                                 [scenarios[i] for i in failed], cycle)))
+        return {"scenarios": scenarios, "responses": responses, "verdicts": verdicts,
+                "targets": {str(i): t for i, t in targets.items()}}
+
+    def apply(self, job: dict, result: dict) -> tuple[dict, list[dict]]:
+        """The cycle's outcomes into the loop's state and the dream source; (summary, journal records)."""
+        n, step = self.cfg.samples_per_scenario, job["step"]
+        scenarios, responses, verdicts = result["scenarios"], result["responses"], result["verdicts"]
+        self.policy.record([v["passed"] for v in verdicts])
         events, rates = [], []
-        for i, (seed_row, scenario) in enumerate(zip(picked, scenarios)):
-            mine = range(i * cfg.samples_per_scenario, (i + 1) * cfg.samples_per_scenario)
-            passed = [verdicts[j].passed for j in mine]
-            rate = sum(passed) / len(passed)
-            rates.append(rate)
+        for i, (seed_row, scenario) in enumerate(zip(job["seeds"], scenarios)):
+            mine = range(i * n, (i + 1) * n)
+            passed = [verdicts[j]["passed"] for j in mine]
+            rates.append(sum(passed) / len(passed))
             outcome = self.seed_outcomes.setdefault(seed_row["id"], [0, 0])
             outcome[0], outcome[1] = outcome[0] + sum(passed), outcome[1] + len(passed)
-            for j in mine:
-                events.append({"temperature": temperature, "failure_rate": failure_rate, "seed": seed_row["id"],
-                               "scenario": scenario, "response": responses[j], "score": verdicts[j].score,
-                               "passed": verdicts[j].passed, "reason": verdicts[j].reason})
-            failed = [responses[j] for j in mine if not verdicts[j].passed]
-            if failed:
-                self._learn(model, tokenizer, seed_row, scenario, failed, rate, step)
+            events += [{"temperature": job["temperature"], "failure_rate": job["failure_rate"], "seed": seed_row["id"],
+                        "scenario": scenario, "response": responses[j], **verdicts[j]} for j in mine]
+            target = result["targets"].get(str(i))
+            if target is not None:
+                failed = [responses[j] for j in mine if not verdicts[j]["passed"]]
+                self._learn(seed_row, scenario, failed, target, rates[-1], step)
         self.cycles += 1
-        summary = {"cycle": self.cycles, "temperature": temperature, "failure_rate": failure_rate,
+        summary = {"cycle": self.cycles, "temperature": job["temperature"], "failure_rate": job["failure_rate"],
                    "scenarios": len(scenarios), "responses": len(responses),
-                   "passed": sum(v.passed for v in verdicts), "pass_rate_histogram": histogram(rates),
+                   "passed": sum(v["passed"] for v in verdicts), "pass_rate_histogram": histogram(rates),
                    "pool": len(self.source.records), "new_failure_rate": self.policy.failure_rate()}
         return summary, events
 
@@ -91,13 +114,13 @@ class DreamLoop:
             return self.cfg.zpd_floor
         return 1.0
 
-    def _write_scenarios(self, model, tokenizer, picked: list[dict], temperature: float) -> list[str]:
+    def _write_scenarios(self, model, tokenizer, picked: list[dict], temperature: float, cycle: int) -> list[str]:
         constitution = f"{self.constitution}\n\n" if self.constitution else ""
         prompts = [chat_prompt(tokenizer, [{"role": "user", "content": self.cfg.scenario_prompt.format(
             constitution=constitution, situation=s["situation"])}]) for s in picked]
-        written = generate(model, tokenizer, prompts, temperature=temperature,
-                           max_new_tokens=self.cfg.scenario_max_new_tokens, batch_size=self.cfg.batch_size,
-                           seed=stable_seed(self.seed, "scenarios", self.cycles))
+        written = sample(model, tokenizer, prompts, temperatures=[temperature] * len(prompts),
+                         seeds=[stable_seed(self.seed, "scenarios", cycle, i) for i in range(len(prompts))],
+                         max_new_tokens=self.cfg.scenario_max_new_tokens, batch_size=self.cfg.batch_size)
         # a model that writes nothing usable yet (early, or tiny) is asked the situation itself
         return [text.strip() or s["situation"] for text, s in zip(written, picked)]
 
@@ -107,15 +130,16 @@ class DreamLoop:
 
     # ---------------------------------------------------------------- failures become data
 
-    def _learn(self, model, tokenizer, seed_row: dict, scenario: str, failed: list[str], rate: float,
-               step: int) -> None:
+    def _targets(self, model, tokenizer, seed_rows: list[dict], scenarios: list[str], cycle: int) -> list[str | None]:
+        """What each failed scenario should have been answered (None: nothing passing this time)."""
+        if self.cfg.on_failure.strategy != "reference":
+            return self._best_of_k(model, tokenizer, scenarios, cycle)
+        asked = [s for row, s in zip(seed_rows, scenarios) if not row.get("reference")]
+        taught = iter(self._teacher_answers(asked, cycle))
+        return [row.get("reference") or next(taught) for row in seed_rows]
+
+    def _learn(self, seed_row: dict, scenario: str, failed: list[str], target: str, rate: float, step: int) -> None:
         strategy = self.cfg.on_failure.strategy
-        if strategy == "reference":
-            target = seed_row.get("reference") or self._teacher_answer(scenario)
-        else:
-            target = self._best_of_k(model, tokenizer, scenario)
-        if target is None:
-            return  # nothing passing to learn from this time; the seed stays in the pool of situations
         meta = {"step": step, "seed": seed_row["id"], "tags": seed_row.get("tags", []), "pass_rate": rate,
                 "strategy": strategy}
         user = [{"role": "user", "content": scenario}]  # no constitution: it is stripped from training
@@ -126,36 +150,46 @@ class DreamLoop:
             return
         self.source.add({"messages": user + [{"role": "assistant", "content": target}], **meta})
 
-    def _best_of_k(self, model, tokenizer, scenario: str) -> str | None:
-        """Rejection sampling: k answers at the failure temperature; the best that passes, if any."""
+    def _best_of_k(self, model, tokenizer, scenarios: list[str], cycle: int) -> list[str | None]:
+        """Rejection sampling, every failed scenario's k answers in one batch: the best that passes, if any."""
         k = self.cfg.on_failure.k
-        prompt = self._prompt(tokenizer, scenario)
-        answers = generate(model, tokenizer, [prompt] * k, temperature=self.cfg.on_failure.temperature,
-                           max_new_tokens=self.cfg.response_max_new_tokens, batch_size=self.cfg.batch_size,
-                           seed=stable_seed(self.seed, "best_of_k", self.cycles, scenario))
-        verdicts = self.evaluator.evaluate([scenario] * k, answers)
-        passing = [(v.score, -i) for i, v in enumerate(verdicts) if v.passed and answers[i].strip()]
-        return answers[-max(passing)[1]] if passing else None
+        asked = [s for s in scenarios for _ in range(k)]
+        answers = sample(model, tokenizer, [self._prompt(tokenizer, s) for s in asked],
+                         temperatures=[self.cfg.on_failure.temperature] * len(asked),
+                         seeds=[stable_seed(self.seed, "best_of_k", cycle, scenario, j % k)
+                                for j, scenario in enumerate(asked)],
+                         max_new_tokens=self.cfg.response_max_new_tokens, batch_size=self.cfg.batch_size)
+        verdicts = self.evaluator.evaluate(asked, answers) if asked else []
+        best = []
+        for i in range(len(scenarios)):
+            mine = range(i * k, (i + 1) * k)
+            passing = [(verdicts[j].score, -j) for j in mine if verdicts[j].passed and answers[j].strip()]
+            best.append(answers[-max(passing)[1]] if passing else None)
+        return best
 
-    def _teacher_answer(self, scenario: str) -> str | None:
-        if self.teacher is None:
-            return None
+    def _teacher_answers(self, scenarios: list[str], cycle: int) -> list[str | None]:
+        if self.teacher is None or not scenarios:
+            return [None] * len(scenarios)
         model, tokenizer = self.teacher
-        return generate(model, tokenizer, [self._prompt(tokenizer, scenario)],
-                        temperature=self.cfg.response_temperature, max_new_tokens=self.cfg.response_max_new_tokens,
-                        batch_size=1, seed=stable_seed(self.seed, "teacher", self.cycles, scenario))[0].strip() or None
+        answers = sample(model, tokenizer, [self._prompt(tokenizer, s) for s in scenarios],
+                         temperatures=[self.cfg.response_temperature] * len(scenarios),
+                         seeds=[stable_seed(self.seed, "teacher", cycle, s) for s in scenarios],
+                         max_new_tokens=self.cfg.response_max_new_tokens, batch_size=self.cfg.batch_size)
+        return [a.strip() or None for a in answers]
 
     # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
         return {"rng": rng_state(self.rng), "cycles": self.cycles, "policy": self.policy.state_dict(),
-                "seed_outcomes": {k: list(v) for k, v in self.seed_outcomes.items()}}
+                "seed_outcomes": {k: list(v) for k, v in self.seed_outcomes.items()},
+                "pending": self.pending.state_dict() if self.pending else None}
 
     def load_state_dict(self, state: dict) -> None:
         set_rng_state(self.rng, state["rng"])
         self.cycles = state["cycles"]
         self.policy.load_state_dict(state["policy"])
         self.seed_outcomes = {k: list(v) for k, v in state["seed_outcomes"].items()}
+        self.pending = Pending.from_state(state["pending"]) if state.get("pending") else None
 
 
 def histogram(rates: list[float]) -> dict[str, int]:

@@ -3,6 +3,9 @@
 `checkpoints/step-N/` holds
   trainable.safetensors  every trainable parameter (LoRA weights and gates, or the whole model)
   training_state.pt      optimizer, LR scheduler and RNG states (loaded with weights_only=True)
+  sharded/               under FSDP2 or DeepSpeed, in place of trainable.safetensors and the optimizer: each
+                         rank's shard of both (torch distributed checkpoint, or the DeepSpeed engine's own);
+                         training_state.pt then holds the RNG states, state.json names the engine
   state.json             step, process count, the run's log sizes, and the state_dict of every other
                          component (sources, sampler, guard, ...)
   adapter/ or model/     the same weights in Hugging Face / PEFT format, for users and the server
@@ -32,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from toolkit import journal
 from toolkit.errors import ToolkitError
 
+SHARDED = "sharded"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 REQUIRED = ("trainable.safetensors", "training_state.pt", "state.json")  # checked when there is no manifest
@@ -69,24 +73,38 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 # ---------------------------------------------------------------- writing
 
 
+def temp_dir(run_dir: Path, step: int) -> Path:
+    """Where step N is written before its rename into place."""
+    return checkpoints_dir(run_dir) / f".step-{step}.tmp"
+
+
+def start_checkpoint(run_dir: Path, step: int) -> Path:
+    """An empty temporary directory for step N (under a sharded engine every rank writes its shard into it)."""
+    tmp = temp_dir(run_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    trainable: dict[str, torch.Tensor],
+    trainable: dict[str, torch.Tensor] | None,
     training_state: dict,
     components: dict,
     export: Callable[[Path], None] | None,
     keep_last: int,
     log_sizes: dict[str, int] | None = None,
+    started: bool = False,
 ) -> Path:
-    """`log_sizes`: the run's log sizes at the state saved (default: now), which a resume rewinds to."""
+    """`log_sizes`: the run's log sizes at the state saved (default: now), which a resume rewinds to.
+    `started`: the ranks already wrote their shards into `start_checkpoint`'s directory (`trainable` is None)."""
     root = checkpoints_dir(run_dir)
     final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
+    tmp = temp_dir(run_dir, step) if started else start_checkpoint(run_dir, step)
     sizes = log_sizes if log_sizes is not None else journal.log_sizes(run_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    if trainable is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
     torch.save(training_state, tmp / "training_state.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **components, "logs": sizes}, indent=1))
     if export is not None:
@@ -221,7 +239,7 @@ def _json_problem(file: Path) -> str | None:
 # ---------------------------------------------------------------- resuming
 
 
-def resume_checkpoint(run_dir: Path, processes: int) -> tuple[Path, list[Damage]]:
+def resume_checkpoint(run_dir: Path, processes: int, engine: str = "replicated") -> tuple[Path, list[Damage]]:
     """The checkpoint `--resume` continues from, hashes verified, written by as many processes as this run
     has; else a ToolkitError. Every process decides alike from the files, before any collective call."""
     path, damaged = find_checkpoint(run_dir, verify_hashes=True)
@@ -231,6 +249,7 @@ def resume_checkpoint(run_dir: Path, processes: int) -> tuple[Path, list[Damage]
     if path is None:
         raise ToolkitError("nothing to resume: no complete checkpoint", where=str(checkpoints_dir(run_dir)))
     check_processes(path, processes)
+    check_engine(path, engine)
     return path, damaged
 
 
@@ -242,6 +261,16 @@ def check_processes(path: Path, processes: int) -> None:
         launch = "without accelerate launch" if saved == 1 else f"with accelerate launch --num_processes {saved}"
         raise ToolkitError(f"the checkpoint was written by {saved} process(es), this run has {processes}",
                            where=str(Path(path) / "state.json"), hint=f"resume {launch}")
+
+
+def check_engine(path: Path, engine: str) -> None:
+    """A sharded checkpoint holds its weights in the engine's own shards: resume under the engine that wrote it."""
+    saved = json.loads((Path(path) / "state.json").read_text()).get("engine", "replicated")
+    if saved != engine:
+        config = {"fsdp2": "recipes/accelerate/fsdp2.yaml", "deepspeed": "recipes/accelerate/zero3.yaml"}
+        how = f"accelerate launch --config_file {config[saved]}" if saved in config else "DDP or one process"
+        raise ToolkitError(f"the checkpoint was written under {saved}, this run uses {engine}",
+                           where=str(Path(path) / "state.json"), hint=f"resume with {how}")
 
 
 def rewind_logs(run_dir: Path, path: Path) -> None:
@@ -259,11 +288,12 @@ def rewind_logs(run_dir: Path, path: Path) -> None:
     journal.rewind_logs(run_dir, state["logs"], keep_after)
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor] | None, dict, dict]:
+    """(trainable weights, or None in a sharded checkpoint; training state; state.json)."""
     path = Path(path)
-    trainable = load_file(path / "trainable.safetensors")
-    training_state = torch.load(path / "training_state.pt", weights_only=True, map_location="cpu")
     components = json.loads((path / "state.json").read_text())
+    trainable = None if components.get("engine") else load_file(path / "trainable.safetensors")
+    training_state = torch.load(path / "training_state.pt", weights_only=True, map_location="cpu")
     return trainable, training_state, components
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import time
 from pathlib import Path
@@ -26,8 +25,10 @@ from toolkit.journal import Journal, JsonlWriter, log_sizes, write_atomic
 from toolkit.loss import token_loss_sum
 from toolkit.model import load_model, load_tokenizer, resolve_model_path
 from toolkit.monitor.core import EXIT_PAUSED, Monitor
+from toolkit.monitor.overhead import Overhead
 from toolkit.recipe import LoadedRecipe, dump_recipe
 from toolkit.train import checkpoint as ckpt
+from toolkit.train import engine as engine_lib
 from toolkit.train.guard import EXIT_DIVERGED, DivergenceGuard
 from toolkit.train.runinfo import environment_info, flat_hparams
 from toolkit.train.progress import Progress
@@ -38,7 +39,6 @@ EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
 def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int | None = None) -> int:
     """Run a recipe; returns the process exit code (0 done or stopped at `stop_at`, 3 guard stop,
     128+N on signal N)."""
-    from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed
 
     recipe = loaded.recipe
@@ -46,19 +46,24 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     run_dir = recipe.output_dir
     use_lora = command == "finetune" and recipe.lora.enabled
     _check_trackers(recipe.logging.trackers)
-    accelerator = Accelerator(
+    accelerator = engine_lib.make_accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=_mixed_precision(cfg.precision),
         log_with=recipe.logging.trackers or None,
         project_dir=str(run_dir),
     )
+    engine = engine_lib.kind(accelerator)  # replicated (1 process, DDP), fsdp2 or deepspeed
+    engine_lib.check_recipe(recipe, engine, finetune=command == "finetune")
+    if engine == "deepspeed":
+        engine_lib.configure_deepspeed(accelerator, cfg)
     is_main = accelerator.is_main_process
     set_seed(recipe.run.seed)
 
-    # every process checks the checkpoint (files, process count) before any collective call
-    resume_from, damaged = _resume_point(run_dir, resume, accelerator.num_processes)
+    # every process checks the checkpoint (files, process count, engine) before any collective call
+    resume_from, damaged = _resume_point(run_dir, resume, accelerator.num_processes, engine)
     journal = Journal(run_dir / "journal.jsonl", enabled=is_main)
     metrics = JsonlWriter(run_dir / "metrics.jsonl", enabled=is_main)
+    overhead = Overhead(metrics)  # seconds in dream cycles, audits, validation, analysis: metrics rows and run_end
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -93,9 +98,14 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     guard = DivergenceGuard(recipe.regime, model.config.vocab_size)
 
     # ---- optimizer; restore everything from the checkpoint before the first step
-    model.to(accelerator.device)
-    batching = resolve_batching(recipe.data.batching, model)  # on the device: auto packs where it is exact
+    if engine == "replicated":  # FSDP2 and DeepSpeed move each rank's shard to its device: no whole copy there
+        model.to(accelerator.device)
     optimizer = _adamw(model, cfg)
+    model_class = type(model.get_base_model() if use_lora else model).__name__
+    # together: FSDP2 and DeepSpeed shard the model and re-bind the optimizer to the shards; DDP wraps the model
+    engine_lib.name_fsdp_blocks(accelerator, model)
+    train_model, optimizer = accelerator.prepare(model, optimizer)
+    batching = resolve_batching(recipe.data.batching, model)  # on the device: auto packs where it is exact
     monitor = Monitor(recipe.monitor, recipe.run.seed) if recipe.monitor.enabled else None
     components = {"sources": sources, "curriculum": curriculum, "guard": guard}
     if dream is not None:
@@ -104,8 +114,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         components["monitor"] = monitor
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, model, optimizer, components, accelerator.process_index,
-                              accelerator.num_processes)
+        start_step = _restore(resume_from, model, optimizer, components, accelerator, train_model)
         if is_main:  # restored, so the resume holds: now the killed run's rows past the checkpoint go
             ckpt.rewind_logs(run_dir, resume_from)
         for damage in damaged:
@@ -118,7 +127,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     else:
         journal.event(0, "run_start", command=command, recipe=str(loaded.path), output_dir=str(run_dir),
                       processes=accelerator.num_processes, device=str(accelerator.device),
-                      model_class=type(model.get_base_model() if use_lora else model).__name__,
+                      model_class=model_class, engine=engine,
                       chat_template=template_description(tokenizer), batching=batching)
     for note in curriculum.plan.notes:  # recipe settings the curriculum set aside (dream caps, empty phases)
         journal.event(start_step, "recipe_note", **note)
@@ -129,7 +138,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
                   sources={s.name: s.report() for s in sources})
     if cfg.divergence_guard and not any(s.val for s in sources):
         journal.event(start_step, "guard_off", "warn", reason="no validation examples (data.val_fraction is 0)")
-    train_model = accelerator.prepare(model)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if is_main:
@@ -140,11 +148,19 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         """`before`: the state from before a failed step (`_state_before_step`), saved in place of the live one."""
         if saved["step"] == step:  # e.g. a signal right after a scheduled checkpoint
             return saved["path"]
+        before = _settle_background(step, components, before)  # dream.async / monitor.async work in flight
         rngs = gather_object([before["rng"] if before else ckpt.rng_state()])  # every rank's: dropout continues exactly
+        weights = None
+        if engine != "replicated":  # every rank writes its shard, then the whole weights are gathered for the export
+            if is_main:
+                ckpt.start_checkpoint(run_dir, step)
+            accelerator.wait_for_everyone()
+            engine_lib.save_sharded(ckpt.temp_dir(run_dir, step) / ckpt.SHARDED, accelerator, train_model, optimizer)
+            weights = engine_lib.full_weights(accelerator, train_model, model, trainable_only=use_lora)
         path = None
         if is_main:
             path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
-                                    before)
+                                    before, engine, weights)
             journal.event(step, "checkpoint", path=str(path))
         accelerator.wait_for_everyone()
         saved.update(step=step, path=path)
@@ -161,10 +177,13 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         return code
 
     def evaluate(step: int) -> str | None:
+        start = time.perf_counter()
         val = _validation_loss(model, sources, cfg.batch_size, batching, tokenizer.pad_token_id)
         if val is None:
             return None
-        metrics.write({"step": step, "val_loss": val["all"], "val_loss_by_source": val["by_source"]})
+        overhead.add("eval", seconds := time.perf_counter() - start)
+        metrics.write({"step": step, "val_loss": val["all"], "val_loss_by_source": val["by_source"],
+                       "eval_seconds": round(seconds, 4)})
         accelerator.log({"val/loss": val["all"]}, step=step)
         reason = guard.check_val_loss(val["all"]) if cfg.divergence_guard else None
         return _agreed(accelerator, reason)
@@ -173,6 +192,8 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     progress = Progress(cfg.max_steps, start_step, enabled=is_main and recipe.logging.progress)
     if start_step == 0 and (reason := evaluate(0)):
         return stop(0, reason, EXIT_DIVERGED)
+
+    background = _start_background(dream, monitor, model, tokenizer, engine, is_main)  # dream/monitor.async
 
     # ---- the loop
     train_model.train()
@@ -192,7 +213,10 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         local_loss = torch.zeros((), device=accelerator.device)
         for i, batch_examples in enumerate(batches):
             batch = to_device(collate(batch_examples, tokenizer.pad_token_id, batching), accelerator.device)
-            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(train_model)
+            batch["use_cache"] = False  # no GDN/KV cache in training; activation checkpointing recomputes without one
+            last = i == len(batches) - 1
+            accelerator.sync_gradients = last  # DeepSpeed steps, clips and zeroes in the last backward only
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(train_model)
             with sync, accelerator.autocast():
                 loss_sum = token_loss_sum(train_model, batch)
                 accelerator.backward(loss_sum * world / max(target_tokens, 1))  # DDP averages over ranks
@@ -203,7 +227,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         if cfg.divergence_guard and (reason := guard.check_train_loss(loss)):  # same on every rank: reduced loss
             optimizer.zero_grad(set_to_none=True)  # keep the last finite weights
             return stop(step, reason, EXIT_DIVERGED, before)  # --resume replays this step exactly
-        grad_norm = _clip(accelerator, model, cfg.max_grad_norm)
+        grad_norm = engine_lib.grad_norm(accelerator, model, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         reward = curriculum.observe(source, loss, examples, step)
@@ -217,10 +241,12 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         accelerator.log({"train/loss": loss, "train/lr": row["lr"], "train/grad_norm": grad_norm,
                          "train/tokens_per_s": row["tokens_per_s"]}, step=done)
         progress.update(done, loss=loss, tokens_per_s=row["tokens_per_s"], lr=row["lr"])
-        if dream is not None and dream.due(done):
-            _dream_cycle(dream, model, tokenizer, done, cfg.max_steps, curriculum, journal, accelerator)
-        if monitor is not None and (reason := _watch(monitor, model, tokenizer, done, loss, grad_norm, source.name,
-                                                     curriculum, journal, accelerator)):
+        if dream is not None:
+            _dream_cycle(dream, model, tokenizer, done, cfg.max_steps, curriculum, journal, accelerator, background,
+                         overhead)
+        if monitor is not None and (reason := _watch(monitor, model, tokenizer, done, cfg.max_steps, loss, grad_norm,
+                                                     source.name, curriculum, journal, accelerator, background,
+                                                     overhead)):
             return stop(done, reason, EXIT_PAUSED)
 
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
@@ -234,19 +260,25 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
             return stop(done, f"received {signal.Signals(signum).name}", EXIT_SIGNAL_BASE + signum)
 
     progress.close()
-    outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main)
+    weights = None if engine == "replicated" else engine_lib.full_weights(accelerator, train_model, model, use_lora)
+    outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main, weights)
     if recipe.analysis.head_diff and command == "finetune" and is_main:
-        outputs.update(_head_diff(recipe, base_path, run_dir, journal))
+        with overhead.timed("head_diff"):
+            outputs.update(_head_diff(recipe, base_path, run_dir, journal))
     if recipe.eval.prompts and command == "finetune" and is_main:
         from toolkit.evaluate import evaluate_run
 
         trusted = {"trust_remote_code": recipe.model.trust_remote_code, "allow_pickle": recipe.model.allow_pickle}
-        outputs["eval"] = evaluate_run(run_dir, journal=journal, trusted=trusted)["paths"]["markdown"]
-    journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary())
+        with overhead.timed("eval_report"):
+            outputs["eval"] = evaluate_run(run_dir, journal=journal, trusted=trusted)["paths"]["markdown"]
+    _finish_background(dream, monitor, cfg.max_steps, curriculum, journal, accelerator, background, overhead)
+    journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary(),
+                  overhead=overhead.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if is_main:
         _print_outputs(accelerator, run_dir, outputs)
+        accelerator.print(overhead.line())
     return 0
 
 
@@ -255,12 +287,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 
 def _target_count(labels: list[int]) -> int:
     return sum(1 for label in labels[1:] if label != -100)
-
-
-def _clip(accelerator, model, max_norm: float | None) -> float:
-    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    norm = accelerator.clip_grad_norm_(params, max_norm if max_norm else math.inf)
-    return float(norm)
 
 
 def _adamw(model, cfg) -> torch.optim.AdamW:
@@ -335,17 +361,26 @@ class _SignalFlag:
         return int(accelerator.reduce(flag, "max").item())  # every rank stops at the same step
 
 
-def _dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum, journal, accelerator) -> None:
-    """One dream cycle on the main process; the others take its results, so every rank's dream
-    source (and so every rank's batches) stays identical."""
+def _dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum, journal, accelerator,
+                 background=None, overhead=None) -> None:
+    """Dream cycles on the main process; the others take its results, so every rank's dream source (and so
+    every rank's batches) stays identical. With dream.async (`background`) a cycle runs beside training on a
+    frozen copy of the weights and is applied at its join step (toolkit/dream/background.py)."""
     from accelerate.utils import broadcast_object_list
 
-    from toolkit.dream.command import run_cycle
+    from toolkit.dream.command import cycle_in_background, run_cycle
 
-    summary = None
+    is_async = background is not None and dream.cfg.background
+    if not (dream.due(step) or (is_async and step == max_steps)):
+        return
+    start, summary, seconds = time.perf_counter(), None, None
     if accelerator.is_main_process:
-        summary = run_cycle(dream, model, tokenizer, step, step / max_steps, curriculum.phase(step).dream_temperature,
-                            journal)
+        phase_temperature = curriculum.phase(step).dream_temperature
+        if is_async:
+            summary, seconds = cycle_in_background(dream, model, tokenizer, step, max_steps, phase_temperature,
+                                                   journal, background)
+        else:
+            summary = run_cycle(dream, model, tokenizer, step, step / max_steps, phase_temperature, journal)
     if accelerator.num_processes > 1:
         states = [dream.state_dict(), dream.source.state_dict(), summary] if accelerator.is_main_process else [None] * 3
         states = broadcast_object_list(states)
@@ -353,43 +388,119 @@ def _dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum,
             dream.load_state_dict(states[0])
             dream.source.load_state_dict(states[1])
         summary = states[2]
-    curriculum.note_failure_rate(dream.policy.failure_rate())  # drives adaptive learning rates
-    accelerator.log({"dream/temperature": summary["temperature"], "dream/pool": summary["pool"],
-                     "dream/pass_rate": summary["passed"] / max(summary["responses"], 1)}, step=step)
+    if summary is not None:  # an async run's first due step only starts a cycle
+        curriculum.note_failure_rate(dream.policy.failure_rate())  # drives adaptive learning rates
+        accelerator.log({"dream/temperature": summary["temperature"], "dream/pool": summary["pool"],
+                         "dream/pass_rate": summary["passed"] / max(summary["responses"], 1)}, step=step)
+    if overhead is not None:
+        overhead.record(step, "dream", time.perf_counter() - start, background=seconds)
 
 
-def _watch(monitor, model, tokenizer, step: int, loss: float, grad_norm: float, source: str, curriculum, journal,
-           accelerator) -> str | None:
+def _watch(monitor, model, tokenizer, step: int, max_steps: int, loss: float, grad_norm: float, source: str,
+           curriculum, journal, accelerator, background=None, overhead=None) -> str | None:
     """The understanding module after a step: spikes, and every audit_every steps a sample audit (on the
-    main process, its findings shared so every rank penalizes and pauses alike). Returns a pause reason."""
+    main process, its findings shared so every rank penalizes and pauses alike; with monitor.async it runs
+    beside training and its findings act at its join step). Returns a pause reason."""
     from accelerate.utils import broadcast_object_list
 
     findings = monitor.after_step(step, loss, grad_norm, source)
-    if monitor.due(step):
-        audit = monitor.audit(model, tokenizer, step) if accelerator.is_main_process else None
+    is_async = background is not None and monitor.cfg.background
+    if monitor.due(step) or (is_async and step == max_steps):
+        start, audit = time.perf_counter(), None
+        if accelerator.is_main_process:
+            audit = (monitor.audit_in_background(model, tokenizer, step, max_steps, background) if is_async
+                     else (*monitor.audit(model, tokenizer, step), step, None))
         if accelerator.num_processes > 1:
             audit = broadcast_object_list([audit])[0]
-        samples, audit_findings = audit
-        journal.event(step, "audit", samples=samples)
-        penalized = monitor.penalize(curriculum, audit_findings)
-        if penalized:
-            journal.event(step, "penalize", "warn", repetition_by_source=penalized)
-        findings += audit_findings
+        if audit is not None:
+            findings += _audit_findings(monitor, audit, step, curriculum, journal)
+        if overhead is not None:
+            overhead.record(step, "audit", time.perf_counter() - start, background=audit[3] if audit else None)
+    _journal_findings(findings, step, journal, accelerator)
+    return monitor.pause_reason(findings)
+
+
+def _journal_findings(findings: list, step: int, journal, accelerator) -> None:
     for f in findings:
         data = {k: v for k, v in f.data.items() if k not in ("step", "kind", "severity")}  # the event has those
         journal.event(step, f.detector, f.severity, **{**data, "value": f.value, "message": f.message})
         if f.severity in ("high", "critical"):
             accelerator.print(f"step {step}: {f.severity} {f.detector}: {f.message}")
-    return monitor.pause_reason(findings)
+
+
+def _audit_findings(monitor, audit: tuple, step: int, curriculum, journal) -> list:
+    """An audit's samples journaled and its repetition penalized; its findings. `audit`: (samples, findings,
+    the step whose weights it sampled, background seconds or None)."""
+    samples, audit_findings, weights_step, _ = audit
+    journal.event(step, "audit", samples=samples, **({"weights_step": weights_step} if weights_step != step else {}))
+    penalized = monitor.penalize(curriculum, audit_findings)
+    if penalized:
+        journal.event(step, "penalize", "warn", repetition_by_source=penalized)
+    return audit_findings
+
+
+def _start_background(dream, monitor, model, tokenizer, engine: str, is_main: bool):
+    """The worker for dream.async / monitor.async (None when neither is on), with the work a checkpoint saved
+    unfinished started again from its weights (the ones just restored) on the main process, which alone runs
+    cycles and audits."""
+    parts = [p for p in (dream, monitor) if p is not None and p.cfg.background]
+    if not parts:
+        return None
+    if engine != "replicated":
+        raise ToolkitError("dream.async and monitor.async need unsharded weights (one process or DDP)",
+                           key="dream.async" if dream in parts else "monitor.async",
+                           hint=f"turn it off under {engine}")
+    from toolkit.dream.background import Background
+
+    background = Background()
+    for part, run in ((dream, getattr(dream, "dream", None)), (monitor, getattr(monitor, "background_audit", None))):
+        if is_main and part is not None and part.pending is not None and part.pending.future is None:
+            part.pending.resubmit(background, run, model, tokenizer)
+    return background
+
+
+def _finish_background(dream, monitor, step: int, curriculum, journal, accelerator, background, overhead) -> None:
+    """The end of an async run: the cycle and audit still in the background applied and journaled."""
+    if background is None or not accelerator.is_main_process:
+        return
+    from toolkit.dream.command import apply_pending
+
+    if dream is not None and dream.pending is not None:
+        pending = dream.pending
+        with overhead.timed("dream"):
+            apply_pending(dream, step, journal)
+        overhead.background["dream"] += pending.seconds
+    if monitor is not None and monitor.pending is not None:
+        pending, monitor.pending = monitor.pending, None
+        with overhead.timed("audit"):
+            samples, findings = monitor.audit_from_result(pending.result())
+            findings = _audit_findings(monitor, (samples, findings, pending.step, None), step, curriculum, journal)
+            _journal_findings(findings, step, journal, accelerator)  # too late to pause: the run is done
+        overhead.background["audit"] += pending.seconds
+    background.close()
+
+
+def _settle_background(step: int, components: dict, before: dict | None) -> dict | None:
+    """A checkpoint at `step` waits for background work started before it; a failed step's saved state
+    (serialized at the step's start, before that work ended) gets the work's result."""
+    parts = {n: p for n, p in components.items() if n in ("dream", "monitor") and getattr(p, "pending", None)}
+    for part in parts.values():
+        part.pending.settle(step)
+    if before is None or "components" not in before or not parts:
+        return before
+    states = json.loads(before["components"])
+    for name, part in parts.items():
+        states[name]["pending"] = part.pending.state_dict()
+    return {**before, "components": json.dumps(states)}
 
 
 # ---------------------------------------------------------------- checkpoints and outputs
 
 
-def _resume_point(run_dir: Path, resume: bool, processes: int) -> tuple[Path | None, list[ckpt.Damage]]:
+def _resume_point(run_dir: Path, resume: bool, processes: int, engine: str) -> tuple[Path | None, list[ckpt.Damage]]:
     """The checkpoint to continue from and the damaged newer ones skipped for it."""
     if resume:
-        return ckpt.resume_checkpoint(run_dir, processes)
+        return ckpt.resume_checkpoint(run_dir, processes, engine)
     if ckpt.list_checkpoints(run_dir):
         raise ToolkitError(
             "run directory already holds checkpoints", key="run.output_dir",
@@ -414,14 +525,18 @@ def _state_before_step(run_dir: Path, components: dict, is_main: bool) -> dict:
 
 
 def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
-                     before: dict | None = None) -> Path:
-    training_state = {"optimizer": optimizer.state_dict(), "rng": rngs}
+                     before: dict | None = None, engine: str = "replicated", weights: dict | None = None) -> Path:
+    """`weights`: under a sharded engine, whose shards (and optimizer) the ranks already wrote, the gathered
+    weights for the Hugging Face export."""
+    sharded = engine != "replicated"
+    training_state = {"rng": rngs} if sharded else {"optimizer": optimizer.state_dict(), "rng": rngs}
     states = json.loads(before["components"]) if before else _component_states(components)
+    extra = {"engine": engine} if sharded else {}
     return ckpt.save_checkpoint(
-        run_dir, step, lora_lib.trainable_state_dict(model), training_state,
-        {"components": states, "processes": len(rngs)},
-        lambda directory: _export_weights(directory, model, tokenizer, use_lora), cfg.keep_last,
-        log_sizes=before["logs"] if before else None,
+        run_dir, step, None if sharded else lora_lib.trainable_state_dict(model), training_state,
+        {"components": states, "processes": len(rngs), **extra},
+        lambda directory: _export_weights(directory, model, tokenizer, use_lora, weights), cfg.keep_last,
+        log_sizes=before["logs"] if before else None, started=sharded,
     )
 
 
@@ -429,21 +544,27 @@ def _weights_dir(use_lora: bool) -> str:
     return "adapter" if use_lora else "model"
 
 
-def _export_weights(directory: Path, model, tokenizer, use_lora: bool) -> Path:
-    """The weights in Hugging Face form, with the tokenizer: `adapter/` (PEFT) or `model/`."""
+def _export_weights(directory: Path, model, tokenizer, use_lora: bool, weights: dict | None = None) -> Path:
+    """The weights in Hugging Face form, with the tokenizer: `adapter/` (PEFT) or `model/`. `weights`: the
+    whole tensors gathered from a sharded model (its own parameters are shards)."""
     out = directory / _weights_dir(use_lora)
     if use_lora:
-        lora_lib.save_adapter(model, out)
+        lora_lib.save_adapter(model, out, weights)
     else:
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(out)
     return out
 
 
-def _restore(path: Path, model, optimizer, components, rank: int, world: int) -> int:
+def _restore(path: Path, model, optimizer, components, accelerator, train_model) -> int:
+    """Weights, optimizer, RNGs and every component's state; after `accelerator.prepare` (shards load in place)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
     trainable, training_state, state = ckpt.load_checkpoint(path)
-    lora_lib.load_trainable_state_dict(model, trainable)
-    optimizer.load_state_dict(training_state["optimizer"])
+    if trainable is None:  # a sharded checkpoint: every rank loads its shard of weights and optimizer
+        engine_lib.load_sharded(Path(path) / ckpt.SHARDED, accelerator, train_model, optimizer)
+    else:
+        lora_lib.load_trainable_state_dict(model, trainable)
+        optimizer.load_state_dict(training_state["optimizer"])
     rngs = training_state["rng"]
     if len(rngs) != world:  # checkpoints that predate state.json's "processes"; every rank raises alike
         raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es), this run has {world}; "
@@ -459,12 +580,13 @@ def _restore(path: Path, model, optimizer, components, rank: int, world: int) ->
     return int(state["step"])
 
 
-def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool, is_main: bool) -> dict:
+def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool, is_main: bool,
+                  weights: dict | None = None) -> dict:
     outputs = {_weights_dir(use_lora): str(run_dir / _weights_dir(use_lora))}
     if merged and use_lora:
         outputs["merged"] = str(run_dir / "merged")
     if is_main:
-        _export_weights(run_dir, model, tokenizer, use_lora)
+        _export_weights(run_dir, model, tokenizer, use_lora, weights)
         if merged and use_lora:
             lora_lib.export_merged(model, tokenizer, run_dir / "merged")
     return outputs

@@ -49,5 +49,5 @@ def read_jsonl(path: Path, mode: Mode = "live") -> list[dict]:
         if problem is None:
             rows.append(record)
         elif mode == "strict" or (mode == "live" and (complete or i < len(items) - 1)):
-            raise ToolkitError(problem, where=where)
+            raise ToolkitError(f"not a JSON line ({problem})", where=where)
     return rows
