@@ -35,3 +35,7 @@ def test_a_cycle_between_packages_on_one_floor_is_named(tmp_path):
     found = _planted(tmp_path, {"toolkit/serve/__init__.py": "", "toolkit/serve/app.py": "import toolkit.train.loop\n",
                                 "toolkit/train/hook.py": "from toolkit.serve import app\n"})
     assert len(found) == 1 and "cycle on one floor" in str(found[0])
+
+
+def test_our_imports_point_downward():
+    assert [str(v) for v in layers.check(Path(layers.__file__).resolve().parents[2])] == []

@@ -477,10 +477,12 @@ def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str
     if (processes := requested_cpu_processes()) > 1:
         raise SystemExit(run_cpu_processes(processes))
     _quiet_libraries()
+    from toolkit import after_training
     from toolkit.train.loop import train
 
     try:
-        code = train(loaded, command, resume=resume, stop_at=stop_at)
+        after_training.check_inputs(loaded.recipe, command)
+        code = train(loaded, command, resume=resume, stop_at=stop_at, after_training=after_training.STEPS)
     except ToolkitError as err:
         raise loaded.place(err) from None
     raise SystemExit(code)

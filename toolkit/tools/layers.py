@@ -21,7 +21,7 @@ FLOORS: list[tuple[str, list[str]]] = [
                          "toolkit.journal"]),
     ("components", ["toolkit.curriculum", "toolkit.monitor", "toolkit.dream"]),
     ("training and serving", ["toolkit.train", "toolkit.weights", "toolkit.serve", "toolkit.estimate"]),
-    ("evaluation and analysis", ["toolkit.evaluate", "analysis"]),
+    ("evaluation and analysis", ["toolkit.evaluate", "toolkit.after_training", "analysis"]),
     ("commands", ["toolkit.cli", "toolkit.launch", "toolkit.__main__", "toolkit.tools", "toolkit"]),
 ]
 PACKAGES = ("toolkit", "analysis")

@@ -36,9 +36,11 @@ from toolkit.train.progress import Progress
 EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
 
 
-def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int | None = None) -> int:
+def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int | None = None,
+          after_training: dict | None = None) -> int:
     """Run a recipe; returns the process exit code (0 done or stopped at `stop_at`, 3 guard stop,
-    128+N on signal N)."""
+    128+N on signal N). `after_training`: {part: step(recipe, base_path, run_dir, journal) -> outputs}, run on
+    the main process of a finished fine-tune before `run_end` (toolkit/after_training.py)."""
     from accelerate.utils import gather_object, set_seed
 
     recipe = loaded.recipe
@@ -84,10 +86,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         sources = load_sources(recipe.data, tokenizer, recipe.run.seed, text_windows=command == "pretrain")
     if not sources:
         raise ToolkitError("the recipe names no data sources", key="data.sources")
-    if recipe.eval.prompts and command == "finetune":
-        from toolkit.evaluate import read_eval_rows
-
-        read_eval_rows(recipe.eval.prompts)  # a bad held-out file fails now, not after the run
     dream = None
     if recipe.dream.enabled and command == "finetune":
         from toolkit.dream.command import build_dream
@@ -262,15 +260,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     progress.close()
     weights = None if engine == "replicated" else engine_lib.full_weights(accelerator, train_model, model, use_lora)
     outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main, weights)
-    if recipe.analysis.head_diff and command == "finetune" and is_main:
-        with overhead.timed("head_diff"):
-            outputs.update(_head_diff(recipe, base_path, run_dir, journal))
-    if recipe.eval.prompts and command == "finetune" and is_main:
-        from toolkit.evaluate import evaluate_run
-
-        trusted = {"trust_remote_code": recipe.model.trust_remote_code, "allow_pickle": recipe.model.allow_pickle}
-        with overhead.timed("eval_report"):
-            outputs["eval"] = evaluate_run(run_dir, journal=journal, trusted=trusted)["paths"]["markdown"]
+    for part, run_step in (after_training or {}).items() if command == "finetune" and is_main else ():
+        with overhead.timed(part):  # head-diff, eval report: handed in by the CLI (toolkit/after_training.py)
+            outputs.update(run_step(recipe, base_path, run_dir, journal))
     _finish_background(dream, monitor, cfg.max_steps, curriculum, journal, accelerator, background, overhead)
     journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary(),
                   overhead=overhead.summary())
@@ -590,18 +582,6 @@ def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool,
         if merged and use_lora:
             lora_lib.export_merged(model, tokenizer, run_dir / "merged")
     return outputs
-
-
-def _head_diff(recipe, base_path: Path, run_dir: Path, journal) -> dict:
-    """The analysis section's head-diff: which heads the fine-tune changed, base vs the final weights."""
-    from analysis.head_diff import run_head_diff
-
-    out = run_dir / "reports"
-    result = run_head_diff(str(base_path), str(run_dir), recipe.analysis.probes, out, base_model=str(base_path),
-                           max_tokens=recipe.analysis.max_tokens)
-    journal.event(recipe.train.max_steps, "head_diff", report=str(out / "head_diff.md"),
-                  summary=result.get("summary", {}))
-    return {"head_diff": str(out / "head_diff.md")}
 
 
 def _print_outputs(accelerator, run_dir: Path, outputs: dict) -> None:
