@@ -8,7 +8,6 @@ global count of target tokens, so 1 process × accumulation and N processes give
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from toolkit.curriculum import Curriculum, CurriculumPlan
 from toolkit.data.batching import collate, micro_batches, padding_waste, resolve_batching, to_device
 from toolkit.data.sources import load_sources, source_texts
 from toolkit.errors import ToolkitError
-from toolkit.journal import Journal, JsonlWriter, log_sizes, write_atomic
+from toolkit.journal import Journal, JsonlWriter, write_atomic
 from toolkit.loss import token_loss_sum
 from toolkit.model import load_model, load_tokenizer, resolve_model_path
 from toolkit.monitor.core import EXIT_PAUSED, Monitor
@@ -29,9 +28,12 @@ from toolkit.monitor.overhead import Overhead
 from toolkit.recipe import LoadedRecipe, dump_recipe
 from toolkit.train import checkpoint as ckpt
 from toolkit.train import engine as engine_lib
+from toolkit.train.behavior import dream_cycle, finish_background, settle_background, start_background, watch
 from toolkit.train.guard import EXIT_DIVERGED, DivergenceGuard
-from toolkit.train.runinfo import environment_info, flat_hparams
 from toolkit.train.progress import Progress
+from toolkit.train.runinfo import environment_info, flat_hparams
+from toolkit.train.state import export_final, restore, resume_point, save_checkpoint, state_before_step
+from toolkit.train.validation import examples_loss, target_count
 
 EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
 
@@ -62,7 +64,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     set_seed(recipe.run.seed)
 
     # every process checks the checkpoint (files, process count, engine) before any collective call
-    resume_from, damaged = _resume_point(run_dir, resume, accelerator.num_processes, engine)
+    resume_from, damaged = resume_point(run_dir, resume, accelerator.num_processes, engine)
     journal = Journal(run_dir / "journal.jsonl", enabled=is_main)
     metrics = JsonlWriter(run_dir / "metrics.jsonl", enabled=is_main)
     overhead = Overhead(metrics)  # seconds in dream cycles, audits, validation, analysis: metrics rows and run_end
@@ -112,7 +114,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         components["monitor"] = monitor
     start_step = 0
     if resume_from is not None:
-        start_step = _restore(resume_from, model, optimizer, components, accelerator, train_model)
+        start_step = restore(resume_from, model, optimizer, components, accelerator, train_model)
         if is_main:  # restored, so the resume holds: now the killed run's rows past the checkpoint go
             ckpt.rewind_logs(run_dir, resume_from)
         for damage in damaged:
@@ -143,10 +145,10 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     saved = {"step": -1, "path": None}
 
     def save(step: int, before: dict | None = None) -> Path | None:
-        """`before`: the state from before a failed step (`_state_before_step`), saved in place of the live one."""
+        """`before`: the state from before a failed step (`state_before_step`), saved in place of the live one."""
         if saved["step"] == step:  # e.g. a signal right after a scheduled checkpoint
             return saved["path"]
-        before = _settle_background(step, components, before)  # dream.async / monitor.async work in flight
+        before = settle_background(step, components, before)  # dream.async / monitor.async work in flight
         rngs = gather_object([before["rng"] if before else ckpt.rng_state()])  # every rank's: dropout continues exactly
         weights = None
         if engine != "replicated":  # every rank writes its shard, then the whole weights are gathered for the export
@@ -157,7 +159,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
             weights = engine_lib.full_weights(accelerator, train_model, model, trainable_only=use_lora)
         path = None
         if is_main:
-            path = _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
+            path = save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
                                     before, engine, weights)
             journal.event(step, "checkpoint", path=str(path))
         accelerator.wait_for_everyone()
@@ -191,13 +193,13 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
     if start_step == 0 and (reason := evaluate(0)):
         return stop(0, reason, EXIT_DIVERGED)
 
-    background = _start_background(dream, monitor, model, tokenizer, engine, is_main)  # dream/monitor.async
+    background = start_background(dream, monitor, model, tokenizer, engine, is_main)  # dream/monitor.async
 
     # ---- the loop
     train_model.train()
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
-        before = _state_before_step(run_dir, components, is_main) if cfg.divergence_guard else None
+        before = state_before_step(run_dir, components, is_main) if cfg.divergence_guard else None
         lr = curriculum.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -207,7 +209,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         examples = source.next_examples(global_batch)
         micro = micro_batches(examples, cfg.batch_size, batching)
         batches = micro[rank::world]
-        target_tokens = sum(_target_count(e.labels) for e in examples)
+        target_tokens = sum(target_count(e.labels) for e in examples)
         local_loss = torch.zeros((), device=accelerator.device)
         for i, batch_examples in enumerate(batches):
             batch = to_device(collate(batch_examples, tokenizer.pad_token_id, batching), accelerator.device)
@@ -240,9 +242,9 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
                          "train/tokens_per_s": row["tokens_per_s"]}, step=done)
         progress.update(done, loss=loss, tokens_per_s=row["tokens_per_s"], lr=row["lr"])
         if dream is not None:
-            _dream_cycle(dream, model, tokenizer, done, cfg.max_steps, curriculum, journal, accelerator, background,
+            dream_cycle(dream, model, tokenizer, done, cfg.max_steps, curriculum, journal, accelerator, background,
                          overhead)
-        if monitor is not None and (reason := _watch(monitor, model, tokenizer, done, cfg.max_steps, loss, grad_norm,
+        if monitor is not None and (reason := watch(monitor, model, tokenizer, done, cfg.max_steps, loss, grad_norm,
                                                      source.name, curriculum, journal, accelerator, background,
                                                      overhead)):
             return stop(done, reason, EXIT_PAUSED)
@@ -259,11 +261,11 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 
     progress.close()
     weights = None if engine == "replicated" else engine_lib.full_weights(accelerator, train_model, model, use_lora)
-    outputs = _export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main, weights)
+    outputs = export_final(run_dir, model, tokenizer, use_lora, recipe.lora.export_merged, is_main, weights)
     for part, run_step in (after_training or {}).items() if command == "finetune" and is_main else ():
         with overhead.timed(part):  # head-diff, eval report: handed in by the CLI (toolkit/after_training.py)
             outputs.update(run_step(recipe, base_path, run_dir, journal))
-    _finish_background(dream, monitor, cfg.max_steps, curriculum, journal, accelerator, background, overhead)
+    finish_background(dream, monitor, cfg.max_steps, curriculum, journal, accelerator, background, overhead)
     journal.event(cfg.max_steps, "run_end", outputs=outputs, curriculum=curriculum.summary(),
                   overhead=overhead.summary())
     accelerator.wait_for_everyone()
@@ -277,10 +279,6 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
 # ---------------------------------------------------------------- pieces of a step
 
 
-def _target_count(labels: list[int]) -> int:
-    return sum(1 for label in labels[1:] if label != -100)
-
-
 def _adamw(model, cfg) -> torch.optim.AdamW:
     """AdamW; no weight decay on 1-D parameters (norms, biases, GDN gates)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -291,22 +289,15 @@ def _adamw(model, cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-@torch.no_grad()
 def _validation_loss(model, sources, batch_size: int, batching: str, pad_id: int) -> dict | None:
-    was_training = model.training
-    model.eval()
+    """Each source's loss on its validation examples, and all of them token-weighted; None without any."""
     totals, by_source = [0.0, 0], {}
     for source in sources:
-        loss_sum, count = 0.0, 0
-        for batch_examples in micro_batches(source.val, batch_size, batching):
-            batch = to_device(collate(batch_examples, pad_id, batching), next(model.parameters()).device)
-            loss_sum += token_loss_sum(model, batch).item()
-            count += sum(_target_count(e.labels) for e in batch_examples)
+        loss_sum, count = examples_loss(model, source.val, batch_size, batching, pad_id)
         if count:
             by_source[source.name] = loss_sum / count
             totals[0] += loss_sum
             totals[1] += count
-    model.train(was_training)
     if not totals[1]:
         return None
     return {"all": totals[0] / totals[1], "by_source": by_source}
@@ -353,235 +344,7 @@ class _SignalFlag:
         return int(accelerator.reduce(flag, "max").item())  # every rank stops at the same step
 
 
-def _dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum, journal, accelerator,
-                 background=None, overhead=None) -> None:
-    """Dream cycles on the main process; the others take its results, so every rank's dream source (and so
-    every rank's batches) stays identical. With dream.async (`background`) a cycle runs beside training on a
-    frozen copy of the weights and is applied at its join step (toolkit/dream/background.py)."""
-    from accelerate.utils import broadcast_object_list
-
-    from toolkit.dream.command import cycle_in_background, run_cycle
-
-    is_async = background is not None and dream.cfg.background
-    if not (dream.due(step) or (is_async and step == max_steps)):
-        return
-    start, summary, seconds = time.perf_counter(), None, None
-    if accelerator.is_main_process:
-        phase_temperature = curriculum.phase(step).dream_temperature
-        if is_async:
-            summary, seconds = cycle_in_background(dream, model, tokenizer, step, max_steps, phase_temperature,
-                                                   journal, background)
-        else:
-            summary = run_cycle(dream, model, tokenizer, step, step / max_steps, phase_temperature, journal)
-    if accelerator.num_processes > 1:
-        states = [dream.state_dict(), dream.source.state_dict(), summary] if accelerator.is_main_process else [None] * 3
-        states = broadcast_object_list(states)
-        if not accelerator.is_main_process:
-            dream.load_state_dict(states[0])
-            dream.source.load_state_dict(states[1])
-        summary = states[2]
-    if summary is not None:  # an async run's first due step only starts a cycle
-        curriculum.note_failure_rate(dream.policy.failure_rate())  # drives adaptive learning rates
-        accelerator.log({"dream/temperature": summary["temperature"], "dream/pool": summary["pool"],
-                         "dream/pass_rate": summary["passed"] / max(summary["responses"], 1)}, step=step)
-    if overhead is not None:
-        overhead.record(step, "dream", time.perf_counter() - start, background=seconds)
-
-
-def _watch(monitor, model, tokenizer, step: int, max_steps: int, loss: float, grad_norm: float, source: str,
-           curriculum, journal, accelerator, background=None, overhead=None) -> str | None:
-    """The understanding module after a step: spikes, and every audit_every steps a sample audit (on the
-    main process, its findings shared so every rank penalizes and pauses alike; with monitor.async it runs
-    beside training and its findings act at its join step). Returns a pause reason."""
-    from accelerate.utils import broadcast_object_list
-
-    findings = monitor.after_step(step, loss, grad_norm, source)
-    is_async = background is not None and monitor.cfg.background
-    if monitor.due(step) or (is_async and step == max_steps):
-        start, audit = time.perf_counter(), None
-        if accelerator.is_main_process:
-            audit = (monitor.audit_in_background(model, tokenizer, step, max_steps, background) if is_async
-                     else (*monitor.audit(model, tokenizer, step), step, None))
-        if accelerator.num_processes > 1:
-            audit = broadcast_object_list([audit])[0]
-        if audit is not None:
-            findings += _audit_findings(monitor, audit, step, curriculum, journal)
-        if overhead is not None:
-            overhead.record(step, "audit", time.perf_counter() - start, background=audit[3] if audit else None)
-    _journal_findings(findings, step, journal, accelerator)
-    return monitor.pause_reason(findings)
-
-
-def _journal_findings(findings: list, step: int, journal, accelerator) -> None:
-    for f in findings:
-        data = {k: v for k, v in f.data.items() if k not in ("step", "kind", "severity")}  # the event has those
-        journal.event(step, f.detector, f.severity, **{**data, "value": f.value, "message": f.message})
-        if f.severity in ("high", "critical"):
-            accelerator.print(f"step {step}: {f.severity} {f.detector}: {f.message}")
-
-
-def _audit_findings(monitor, audit: tuple, step: int, curriculum, journal) -> list:
-    """An audit's samples journaled and its repetition penalized; its findings. `audit`: (samples, findings,
-    the step whose weights it sampled, background seconds or None)."""
-    samples, audit_findings, weights_step, _ = audit
-    journal.event(step, "audit", samples=samples, **({"weights_step": weights_step} if weights_step != step else {}))
-    penalized = monitor.penalize(curriculum, audit_findings)
-    if penalized:
-        journal.event(step, "penalize", "warn", repetition_by_source=penalized)
-    return audit_findings
-
-
-def _start_background(dream, monitor, model, tokenizer, engine: str, is_main: bool):
-    """The worker for dream.async / monitor.async (None when neither is on), with the work a checkpoint saved
-    unfinished started again from its weights (the ones just restored) on the main process, which alone runs
-    cycles and audits."""
-    parts = [p for p in (dream, monitor) if p is not None and p.cfg.background]
-    if not parts:
-        return None
-    if engine != "replicated":
-        raise ToolkitError("dream.async and monitor.async need unsharded weights (one process or DDP)",
-                           key="dream.async" if dream in parts else "monitor.async",
-                           hint=f"turn it off under {engine}")
-    from toolkit.dream.background import Background
-
-    background = Background()
-    for part, run in ((dream, getattr(dream, "dream", None)), (monitor, getattr(monitor, "background_audit", None))):
-        if is_main and part is not None and part.pending is not None and part.pending.future is None:
-            part.pending.resubmit(background, run, model, tokenizer)
-    return background
-
-
-def _finish_background(dream, monitor, step: int, curriculum, journal, accelerator, background, overhead) -> None:
-    """The end of an async run: the cycle and audit still in the background applied and journaled."""
-    if background is None or not accelerator.is_main_process:
-        return
-    from toolkit.dream.command import apply_pending
-
-    if dream is not None and dream.pending is not None:
-        pending = dream.pending
-        with overhead.timed("dream"):
-            apply_pending(dream, step, journal)
-        overhead.background["dream"] += pending.seconds
-    if monitor is not None and monitor.pending is not None:
-        pending, monitor.pending = monitor.pending, None
-        with overhead.timed("audit"):
-            samples, findings = monitor.audit_from_result(pending.result())
-            findings = _audit_findings(monitor, (samples, findings, pending.step, None), step, curriculum, journal)
-            _journal_findings(findings, step, journal, accelerator)  # too late to pause: the run is done
-        overhead.background["audit"] += pending.seconds
-    background.close()
-
-
-def _settle_background(step: int, components: dict, before: dict | None) -> dict | None:
-    """A checkpoint at `step` waits for background work started before it; a failed step's saved state
-    (serialized at the step's start, before that work ended) gets the work's result."""
-    parts = {n: p for n, p in components.items() if n in ("dream", "monitor") and getattr(p, "pending", None)}
-    for part in parts.values():
-        part.pending.settle(step)
-    if before is None or "components" not in before or not parts:
-        return before
-    states = json.loads(before["components"])
-    for name, part in parts.items():
-        states[name]["pending"] = part.pending.state_dict()
-    return {**before, "components": json.dumps(states)}
-
-
 # ---------------------------------------------------------------- checkpoints and outputs
-
-
-def _resume_point(run_dir: Path, resume: bool, processes: int, engine: str) -> tuple[Path | None, list[ckpt.Damage]]:
-    """The checkpoint to continue from and the damaged newer ones skipped for it."""
-    if resume:
-        return ckpt.resume_checkpoint(run_dir, processes, engine)
-    if ckpt.list_checkpoints(run_dir):
-        raise ToolkitError(
-            "run directory already holds checkpoints", key="run.output_dir",
-            hint="pass --resume to continue it, or choose another run.output_dir",
-        )
-    return None, []
-
-
-def _component_states(components: dict) -> dict:
-    states = {name: part.state_dict() for name, part in components.items() if name != "sources"}
-    states["sources"] = {s.name: s.state_dict() for s in components["sources"]}
-    return states
-
-
-def _state_before_step(run_dir: Path, components: dict, is_main: bool) -> dict:
-    """What a checkpoint of a step that fails must hold instead of the live state: the step has already
-    drawn its batch (source cursor, bandit) and dropout masks. Serialized now, as a checkpoint would be."""
-    if not is_main:  # the others only contribute their RNG state to a checkpoint
-        return {"rng": ckpt.rng_state()}
-    return {"rng": ckpt.rng_state(), "components": json.dumps(_component_states(components)),
-            "logs": log_sizes(run_dir)}
-
-
-def _save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
-                     before: dict | None = None, engine: str = "replicated", weights: dict | None = None) -> Path:
-    """`weights`: under a sharded engine, whose shards (and optimizer) the ranks already wrote, the gathered
-    weights for the Hugging Face export."""
-    sharded = engine != "replicated"
-    training_state = {"rng": rngs} if sharded else {"optimizer": optimizer.state_dict(), "rng": rngs}
-    states = json.loads(before["components"]) if before else _component_states(components)
-    extra = {"engine": engine} if sharded else {}
-    return ckpt.save_checkpoint(
-        run_dir, step, None if sharded else lora_lib.trainable_state_dict(model), training_state,
-        {"components": states, "processes": len(rngs), **extra},
-        lambda directory: _export_weights(directory, model, tokenizer, use_lora, weights), cfg.keep_last,
-        log_sizes=before["logs"] if before else None, started=sharded,
-    )
-
-
-def _weights_dir(use_lora: bool) -> str:
-    return "adapter" if use_lora else "model"
-
-
-def _export_weights(directory: Path, model, tokenizer, use_lora: bool, weights: dict | None = None) -> Path:
-    """The weights in Hugging Face form, with the tokenizer: `adapter/` (PEFT) or `model/`. `weights`: the
-    whole tensors gathered from a sharded model (its own parameters are shards)."""
-    out = directory / _weights_dir(use_lora)
-    if use_lora:
-        lora_lib.save_adapter(model, out, weights)
-    else:
-        model.save_pretrained(out, safe_serialization=True, state_dict=weights)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def _restore(path: Path, model, optimizer, components, accelerator, train_model) -> int:
-    """Weights, optimizer, RNGs and every component's state; after `accelerator.prepare` (shards load in place)."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    trainable, training_state, state = ckpt.load_checkpoint(path)
-    if trainable is None:  # a sharded checkpoint: every rank loads its shard of weights and optimizer
-        engine_lib.load_sharded(Path(path) / ckpt.SHARDED, accelerator, train_model, optimizer)
-    else:
-        lora_lib.load_trainable_state_dict(model, trainable)
-        optimizer.load_state_dict(training_state["optimizer"])
-    rngs = training_state["rng"]
-    if len(rngs) != world:  # checkpoints that predate state.json's "processes"; every rank raises alike
-        raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es), this run has {world}; "
-                           "resume with as many", where=str(path))
-    ckpt.set_rng_state(rngs[rank])
-    saved = state["components"]
-    for source in components["sources"]:
-        if source.name in saved["sources"]:
-            source.load_state_dict(saved["sources"][source.name])
-    for name, part in components.items():
-        if name != "sources" and name in saved:
-            part.load_state_dict(saved[name])
-    return int(state["step"])
-
-
-def _export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool, is_main: bool,
-                  weights: dict | None = None) -> dict:
-    outputs = {_weights_dir(use_lora): str(run_dir / _weights_dir(use_lora))}
-    if merged and use_lora:
-        outputs["merged"] = str(run_dir / "merged")
-    if is_main:
-        _export_weights(run_dir, model, tokenizer, use_lora, weights)
-        if merged and use_lora:
-            lora_lib.export_merged(model, tokenizer, run_dir / "merged")
-    return outputs
 
 
 def _print_outputs(accelerator, run_dir: Path, outputs: dict) -> None:
