@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from toolkit.errors import ToolkitError
+from toolkit.model import TINY_HYBRID
 from toolkit.recipe import ModelConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 RUN_RECIPE = "resolved_recipe.yaml"
-TINY_HYBRID = "tiny-hybrid"
 
 
 def find_run_dir(path: Path) -> Path | None:

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from toolkit.util.imports import load_function as load_score_fn
+from toolkit.util.imports import load_function
 from toolkit.util.jsonl import jsonl_rows
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import EvaluatorConfig, ModelConfig
@@ -367,7 +367,7 @@ class PythonEvaluator:
     def __init__(self, cfg: EvaluatorConfig):
         self.name = cfg.function
         self.threshold = cfg.threshold
-        self.fn = load_score_fn(cfg.function, f"{KEY}.function")
+        self.fn = load_function(cfg.function, f"{KEY}.function")
 
     def evaluate(self, scenarios: list[str], responses: list[str]) -> list[Verdict]:
         _check_lengths(scenarios, responses)

@@ -33,7 +33,6 @@ from toolkit.util.jsonl import read_jsonl
 from toolkit.weights import adapter_base, inference_placement, recipe_model
 
 PAGE = Path(__file__).with_name("page.html")
-TINY_HYBRID = "tiny-hybrid"
 
 
 def checkpoint_step(path: Path | None) -> int | None:
