@@ -48,7 +48,15 @@ from pathlib import Path
 import torch
 
 from analysis.heads import (  # noqa: F401 (the heads and their weight slices: callers import them here)
-    HeadInfo, _attention_module, _layers, _unwrap, attention_head_slices, gdn_head_slices, head_weights, list_heads)
+    HeadInfo,
+    _attention_module,
+    _layers,
+    _unwrap,
+    attention_head_slices,
+    gdn_head_slices,
+    head_weights,
+    list_heads,
+)
 from toolkit.errors import ToolkitError
 from toolkit.util.jsonl import jsonl_rows
 from toolkit.weights import resolve_weights
@@ -65,9 +73,9 @@ def load_capture_model(path_or_run: str | Path, base: str | None = None, device:
     """(model, tokenizer) for a model dir, hub id, adapter dir or run dir, in eval mode on `device`: the causal LM
     through `toolkit.model.load_model` (text model alone for a multimodal checkpoint), an adapter loaded onto
     it with `toolkit.lora.load_adapter` and merged in memory. The tokenizer is the adapter's when it has one."""
+    from toolkit.config.model import ModelConfig
     from toolkit.lora import load_adapter
     from toolkit.model import load_model, load_tokenizer
-    from toolkit.recipe import ModelConfig
 
     model_dir, adapter = resolve_weights(path_or_run, base)
     cfg = ModelConfig(name_or_path=model_dir)
@@ -117,7 +125,7 @@ def prompt_text(row: dict, tokenizer) -> str:
 
 
 def read_prompts(path: str | Path) -> list[dict]:
-    from toolkit.recipe import probe_row_problem
+    from toolkit.config.checks import probe_row_problem
 
     rows = []
     for where, row, problem in jsonl_rows(Path(path)):

@@ -21,8 +21,8 @@ MIN_LOSS_GAP = 1e-4  # below this the adapter does not move the loss enough to m
 def _load_base(adapter: Path, device: torch.device, trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer, loaded recipe or None) for the adapter's base model. `trust_remote_code` and
     `allow_pickle` are the caller's (the command line): the run directory's recipe does not decide what code runs."""
+    from toolkit.config.model import ModelConfig
     from toolkit.model import load_model, load_tokenizer
-    from toolkit.recipe import ModelConfig
 
     run_dir = find_run_dir(adapter)
     trust = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
@@ -49,9 +49,9 @@ def _behavior_examples(loaded, tokenizer, data: Path | None) -> tuple[list, str,
     """(examples, description, batch size, records skipped): `data` JSONL, else the run's validation examples.
 
     A record is skipped when truncation to the recipe's max_length leaves it no token to score."""
+    from toolkit.config.data import SourceConfig
     from toolkit.data.formatting import example_from_record
     from toolkit.data.sources import load_sources, read_records
-    from toolkit.recipe import SourceConfig
 
     batch_size = loaded.recipe.train.batch_size if loaded else 8
     if data is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.dream.generate import chat_prompt, generate
+from toolkit.text.generate import chat_prompt, generate
 from toolkit.model import build_tiny_hybrid, load_model, load_tokenizer
 from toolkit.recipe import DreamConfig, ModelConfig, TinyHybridConfig
 

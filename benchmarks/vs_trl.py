@@ -13,7 +13,8 @@ exists, else a tiny-hybrid built here (the choice is printed). LoRA r16 / alpha 
 toolkit's `hybrid-all` modules (resolved once here and passed to TRL and the bare loop by name), batch 8,
 lr 1e-3 constant without warmup, AdamW (0.9, 0.95) without weight decay, grad-norm clip 1, fp32, `--steps`
 steps. The data: the toolkit trains through its curriculum (one source per step, tiers 1-3 of the directive
-data with the system prompt stripped, `weighted` sampler); the same draws are replayed here (checked step by
+data with the system prompt stripped, `weighted` sampler, `data.group_by_length` over 50 batches as TRL's
+length-grouped sampler; `--group-batches 0` turns it off); the same draws are replayed here (checked step by
 step against the toolkit's metrics.jsonl) and the very same examples, one epoch of them in a shuffled order,
 are what TRL and the bare loop train on. So all variants see the same tokens and the same supervised tokens
 (checked: TRL's assistant masks equal the toolkit's labels, example by example; counts printed).
@@ -98,6 +99,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--group-batches", type=int, default=50,
+                   help="the toolkit's data.group_by_length window, in batches (TRL's group_by_length: 50); 0: off")
     p.add_argument("--quick", action="store_true", help="1 round of 10 steps, no padding_free probe")
     p.add_argument("--model", help="model directory (default: runs/demo-pretrain/model, else a built tiny-hybrid)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -167,6 +170,7 @@ model: {{name_or_path: {model_dir}}}
 lora: {{r: {LORA_R}, alpha: {LORA_ALPHA}, dropout: 0.0, targets: hybrid-all}}
 data:
   max_length: {MAX_LENGTH}
+  group_by_length: {args.group_batches * args.batch}
   sources:
 {sources}
 train: {{max_steps: {args.steps}, batch_size: {args.batch}, lr: {args.lr}, schedule: constant, warmup_steps: 0,

@@ -6,6 +6,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from toolkit.data.formatting import IGNORE, example_from_record
@@ -322,6 +323,46 @@ def test_state_dict_resume_gives_the_same_continuation(tmp_path, tok):
     resumed = load_sources(data, tok, seed=0)[0]
     resumed.load_state_dict(state)
     assert ids(resumed.next_examples(15)) == expected
+
+
+def test_group_by_length_draws_similar_lengths_and_resumes_exactly(tmp_path, tok):
+    from toolkit.data.batching import padding_waste
+
+    rng = np.random.default_rng(0)
+    rows = [{"text": " ".join(["fox"] * int(n))} for n in rng.integers(1, 60, 64)]
+    path = write_jsonl(tmp_path / "lengths.jsonl", rows)
+
+    def source(window):
+        data = DataConfig(sources=[SourceConfig(name="n", path=str(path))], val_fraction=0.0, group_by_length=window)
+        return load_sources(data, tok, seed=3)[0]
+
+    plain, grouped = source(0), source(32)
+    epoch = grouped.next_examples(64)
+    assert sorted(ids(epoch)) == sorted(ids(plain.next_examples(64)))  # the same examples, once each
+    for start, longest_first in ((0, True), (32, False)):  # windows alternate: long..short, short..long
+        lengths = [len(e) for e in epoch[start : start + 32]]
+        assert lengths == sorted(lengths, reverse=longest_first)
+    seam = [len(e) for e in grouped.next_examples(32)]  # the next epoch goes on from long: its first window descends
+    assert seam == sorted(seam, reverse=True)
+
+    def waste(src):
+        return padding_waste([src.next_examples(8) for _ in range(16)], "pad")
+
+    assert waste(source(32)) < waste(source(0)) / 2
+    grouped.next_examples(13)
+    state = grouped.state_dict()
+    expected = ids(grouped.next_examples(40))
+    resumed = source(32)
+    resumed.load_state_dict(state)
+    assert ids(resumed.next_examples(40)) == expected
+
+
+def test_group_by_length_refuses_streaming_sources(tmp_path, tok):
+    data = DataConfig(sources=[SourceConfig(name="s", path=str(numbered(tmp_path, 9)), streaming=True)],
+                      group_by_length=16)
+    with pytest.raises(ToolkitError, match="streamed") as info:
+        load_sources(data, tok, seed=0)
+    assert info.value.key == "data.group_by_length"
 
 
 def test_resume_refuses_changed_data(tmp_path, tok):

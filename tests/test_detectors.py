@@ -7,6 +7,7 @@ import pytest
 from toolkit.errors import ToolkitError
 from toolkit.monitor.detectors import (
     BiasDetector,
+    Detector,
     Finding,
     FormattingDetector,
     RepetitionDetector,
@@ -212,28 +213,28 @@ def _noisy(n, seed=0, level=2.0, noise=0.01):
 def test_flat_noisy_series_then_jump_is_high():
     det = SpikeDetector("loss_spike")
     for step, v in enumerate(_noisy(60)):
-        assert det.check(step, v) == []
-    (f,) = det.check(60, 3.0)
+        assert det.check([(step, v)]) == []
+    (f,) = det.check([(60, 3.0)])
     assert f.severity == "high" and f.detector == "loss_spike" and f.value > 8
-    assert det.check(61, 1.0) == []  # a drop is not a spike (one-sided)
+    assert det.check([(61, 1.0)]) == []  # a drop is not a spike (one-sided)
 
 
 def test_warn_band_and_min_history():
     det = SpikeDetector("grad_norm_spike", min_history=10)
-    assert det.check(0, 100.0) == []  # no history: no judgement
+    assert det.check([(0, 100.0)]) == []  # no history: no judgement
     for step, v in enumerate(_noisy(20, seed=1, level=1.0, noise=0.1)):
-        det.check(step + 1, v)
+        det.check([(step + 1, v)])
     mean = sum(det.history) / len(det.history)
     std = math.sqrt(sum((x - mean) ** 2 for x in det.history) / len(det.history))
-    (f,) = det.check(30, mean + 5 * std)
+    (f,) = det.check([(30, mean + 5 * std)])
     assert f.severity == "warn" and f.value == pytest.approx(5.0)
 
 
 def test_nan_and_inf_are_critical_and_stay_out_of_history():
     det = SpikeDetector("loss_spike")
-    (f,) = det.check(0, float("nan"))
+    (f,) = det.check([(0, float("nan"))])
     assert f.severity == "critical"
-    (g,) = det.check(1, float("inf"))
+    (g,) = det.check([(1, float("inf"))])
     assert g.severity == "critical"
     assert len(det.history) == 0
 
@@ -241,9 +242,9 @@ def test_nan_and_inf_are_critical_and_stay_out_of_history():
 def test_plateau_after_jump_adapts():
     det = SpikeDetector("loss_spike", window=50)
     for step, v in enumerate(_noisy(60)):
-        det.check(step, v)
+        det.check([(step, v)])
     plateau = _noisy(80, seed=3, level=3.0)
-    results = [det.check(60 + i, v) for i, v in enumerate(plateau)]
+    results = [det.check([(60 + i, v)]) for i, v in enumerate(plateau)]
     assert results[0] and results[0][0].severity == "high"
     assert all(r == [] for r in results[-20:])
 
@@ -252,11 +253,11 @@ def test_state_round_trip_continues_identically():
     series = _noisy(40, seed=5) + [2.5] + _noisy(20, seed=6)
     a = SpikeDetector("loss_spike", window=20)
     for step, v in enumerate(series[:30]):
-        a.check(step, v)
+        a.check([(step, v)])
     b = SpikeDetector("loss_spike", window=20)
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))
     for step, v in enumerate(series[30:], start=30):
-        assert a.check(step, v) == b.check(step, v)
+        assert a.check([(step, v)]) == b.check([(step, v)])
     assert list(a.history) == list(b.history)
 
 
@@ -270,6 +271,11 @@ def test_detectors_share_one_interface():
         assert fs and all(isinstance(f, Finding) and f.detector == det.name for f in fs)
         json.dumps([f.data for f in fs])
     assert isinstance(SpikeDetector("loss_spike"), StepDetector)
+    # one signature: a batch of observations in, findings out, whatever the detector watches
+    spike = SpikeDetector("loss_spike", min_history=2)
+    assert all(isinstance(d, Detector) for d in (RepetitionDetector(), spike))
+    (f,) = spike.check([(0, 1.0), (1, 1.0), (2, 1.0), (3, float("nan"))])
+    assert f.severity == "critical" and f.data == {"step": 3}
 
 
 def test_worst_orders_by_severity():

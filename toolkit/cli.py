@@ -317,9 +317,9 @@ def curriculum_plot(
 
 
 def _train(recipe: Path, overrides: list[str] | None, resume: bool, command: str, stop_at: int | None = None) -> None:
-    from toolkit.recipe import check_files, check_output_dir, load_recipe
-
+    from toolkit.config.checks import check_output_dir
     from toolkit.launch import requested_cpu_processes, run_cpu_processes
+    from toolkit.recipe import check_files, load_recipe
 
     loaded = load_recipe(recipe, overrides)
     check_files(loaded)  # every path the recipe names, before a model loads or a step runs

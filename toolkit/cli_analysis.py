@@ -56,7 +56,7 @@ def analyze_head_diff(
         raise ToolkitError("control run not found", where=str(control))
     need_path(tuned, "--tuned", "run, adapter or model directory")
     need_local_model(base, "--base")
-    from toolkit.recipe import check_probe_rows
+    from toolkit.config.checks import check_probe_rows
 
     check_probe_rows(prompts)
     result = run_head_diff(base, tuned, prompts, out, base_model=base, max_tokens=max_tokens, control=control,

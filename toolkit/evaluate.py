@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from toolkit.chat import chat_prompt, supervised_example
+from toolkit.config.analysis import EvalConfig
+from toolkit.config.dream import EvaluatorConfig
 from toolkit.data.batching import collate, to_device
 from toolkit.data.formatting import Example
 from toolkit.errors import ToolkitError
 from toolkit.loss import token_loss_sum
-from toolkit.recipe import EvalConfig, EvaluatorConfig
 from toolkit.util.jsonl import jsonl_rows
 from toolkit.weights import inference_placement, run_weights
 
@@ -91,7 +92,7 @@ def margins(model, tokenizer, rows: list[dict]) -> list[float]:
 
 def score_model(model, tokenizer, rows: list[dict], evaluator, cfg: EvalConfig) -> dict:
     """One model's margins, greedy replies and verdicts on the rows (in eval mode: no dropout)."""
-    from toolkit.dream.generate import generate
+    from toolkit.text.generate import generate
 
     model.eval()
     prompts = [r["prompt"] for r in rows]

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from toolkit.config.model import GDN_GATE_PARAMS, LoraConfig
 from toolkit.errors import ToolkitError, did_you_mean
 from toolkit.model import PICKLE_HINT, pickle_only_weights
-from toolkit.recipe import GDN_GATE_PARAMS, LoraConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from toolkit.config.model import ModelConfig, TinyHybridConfig
 from toolkit.errors import ToolkitError, first_line
-from toolkit.recipe import ModelConfig, TinyHybridConfig
 
 TINY_HYBRID = "tiny-hybrid"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]

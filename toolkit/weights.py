@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from toolkit.config.model import ModelConfig
 from toolkit.errors import ToolkitError
 from toolkit.model import TINY_HYBRID
-from toolkit.recipe import ModelConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 RUN_RECIPE = "resolved_recipe.yaml"

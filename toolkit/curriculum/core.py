@@ -23,7 +23,7 @@ from toolkit.curriculum.samplers import build_sampler
 from toolkit.chat import IGNORE
 from toolkit.curriculum.shares import ShareLimiter
 from toolkit.errors import ToolkitError
-from toolkit.monitor.repetition import seq_rep_n
+from toolkit.text.repetition import seq_rep_n
 from toolkit.util.imports import load_function
 from toolkit.util.rng import rng_state, set_rng_state, stable_seed
 

@@ -22,6 +22,7 @@ import torch
 from toolkit.data.formatting import IGNORE, Example
 from toolkit.errors import ToolkitError, first_line
 from toolkit.packing import enable_packed_sequences
+from toolkit.text.padding import pad_rows
 
 BATCHING_MODES = ("auto", "bucket", "pad", "pack")
 PROBE_LENGTHS = (5, 9, 7)  # packing_check's random sequences: each boundary inside a conv window and a GDN chunk
@@ -122,15 +123,8 @@ def collate(examples: list[Example], pad_token_id: int, batching: str = "bucket"
     IGNORE there). pack: one padding-free row (see `_collate_packed`)."""
     if batching == "pack":
         return _collate_packed(examples)
-    width = max(len(ex) for ex in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for row, ex in enumerate(examples):
-        n = len(ex)
-        input_ids[row, :n] = torch.tensor(ex.input_ids, dtype=torch.long)
-        attention_mask[row, :n] = 1
-        labels[row, :n] = torch.tensor(ex.labels, dtype=torch.long)
+    input_ids, attention_mask = pad_rows([ex.input_ids for ex in examples], pad_token_id)
+    labels, _ = pad_rows([ex.labels for ex in examples], IGNORE)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from toolkit.config.data import DataConfig, SourceConfig
 from toolkit.data.formatting import Example, record_text
 from toolkit.errors import ToolkitError
-from toolkit.recipe import DataConfig, SourceConfig
 from toolkit.util.jsonl import parse_record
 from toolkit.util.rng import rng_state, set_rng_state, stable_seed  # noqa: F401 (the state pair: tests import it here)
+
 
 class Records(list):
     """A list of (where, record) pairs that also carries how many malformed lines were skipped."""
@@ -69,6 +70,11 @@ class ExampleTable:
         for start in range(0, len(self.rows), 256):
             yield from self.take(range(start, min(start + 256, len(self.rows))))
 
+    def lengths(self) -> np.ndarray:
+        """Token count of every example here, in `rows` order (read from the Arrow offsets, no tokens copied)."""
+        counts = pc.fill_null(pc.list_value_length(self.table.data.column("input_ids")), 0).to_numpy()
+        return counts[self.rows]
+
     def take(self, positions) -> list[Example]:
         picked = self.table[[int(self.rows[p]) for p in positions]]
         return [Example(input_ids=ids, labels=list(ids) if labels is None else labels, source=self.source,
@@ -79,17 +85,25 @@ class Source:
     """One source's examples: `train` handed out by `next_examples` in shuffled epochs, `val` kept apart.
     `stats` counts what the build did (documents, tokens, bad lines, windows, truncations, drops) for the journal."""
 
-    def __init__(self, cfg: SourceConfig, train, val: list[Example], seed: int, stats: dict | None = None):
+    def __init__(self, cfg: SourceConfig, train, val: list[Example], seed: int, stats: dict | None = None,
+                 group_by_length: int = 0):
         self.name, self.tier, self.tags, self.weight = cfg.name, cfg.tier, list(cfg.tags), cfg.weight
         self.train, self.val = train, val
         self.stats = stats or {}
         self.seed = seed
+        self.group_by_length = group_by_length
+        self._lengths = train.lengths() if group_by_length > 1 else None
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         # each epoch's order depends only on (seed, name, epoch): resuming needs just (epoch, position)
-        return np.random.default_rng(stable_seed(self.seed, self.name, "epoch", epoch)).permutation(len(self.train))
+        order = np.random.default_rng(stable_seed(self.seed, self.name, "epoch", epoch)).permutation(len(self.train))
+        if self._lengths is None:
+            return order
+        # the windows alternate across epochs too: an epoch's last window and the next one's first meet alike
+        windows_before = epoch * -(-len(order) // self.group_by_length)
+        return group_by_length(order, self._lengths, self.group_by_length, descending_first=windows_before % 2 == 0)
 
     def next_examples(self, n: int) -> list[Example]:
         out = []
@@ -121,6 +135,20 @@ class Source:
         return f"Source({self.name!r}, train={len(self.train)}, val={len(self.val)})"
 
 
+def group_by_length(order: np.ndarray, lengths: np.ndarray, window: int, descending_first: bool = True) -> np.ndarray:
+    """`order` with each window of `window` positions sorted by length, ties in their shuffled order: so
+    consecutive draws have similar lengths and pad little, while which examples share a window stays random.
+    The direction alternates from window to window, starting longest first (as TRL's length-grouped sampler,
+    so the largest batch comes early): where two windows meet, short meets short and long meets long, so a
+    batch cut across the seam pads no more than one cut inside a window."""
+    out = order.copy()
+    for k, start in enumerate(range(0, len(order), window)):
+        chunk = order[start : start + window]
+        keys = -lengths[chunk] if (k % 2 == 0) == descending_first else lengths[chunk]
+        out[start : start + window] = chunk[np.argsort(keys, kind="stable")]
+    return out
+
+
 def val_count(n: int, data_cfg: DataConfig) -> int:
     """How many of a source's n documents go to validation."""
     if data_cfg.val_fraction <= 0 or n < 2:
@@ -144,6 +172,10 @@ def load_sources(data_cfg: DataConfig, tokenizer, seed: int, *, text_windows: bo
         if cfg.streaming:
             from toolkit.data.streaming import StreamingSource
 
+            if data_cfg.group_by_length:
+                raise ToolkitError(f"source '{cfg.name}' is streamed, in order, so it cannot be grouped by length",
+                                   key="data.group_by_length", hint="set it to 0, or cache the source (streaming: false)")
+
             sources.append(StreamingSource(cfg, i, opts, tokenizer, data_cfg, seed))
         else:
             sources.append(_cached_source(cfg, i, opts, tokenizer, data_cfg, seed, root))
@@ -165,7 +197,8 @@ def _cached_source(cfg: SourceConfig, index: int, opts, tokenizer, data_cfg: Dat
         raise ToolkitError(f"source '{cfg.name}' has no usable training examples: {why}", key=f"data.sources.{index}")
     train, val = split_by_document(rows, columns.column("doc").to_numpy()[rows], data_cfg, seed, cfg.name)
     return Source(cfg, ExampleTable(table, train, cfg.name, cfg.tier),
-                  ExampleTable(table, val, cfg.name, cfg.tier).take(range(len(val))), seed, stats)
+                  ExampleTable(table, val, cfg.name, cfg.tier).take(range(len(val))), seed, stats,
+                  group_by_length=data_cfg.group_by_length)
 
 
 def raise_first_error(table) -> None:

@@ -26,10 +26,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from toolkit.config.dream import EvaluatorConfig
+from toolkit.config.model import ModelConfig
+from toolkit.errors import ToolkitError, first_line
 from toolkit.util.imports import load_function
 from toolkit.util.jsonl import jsonl_rows
-from toolkit.errors import ToolkitError, first_line
-from toolkit.recipe import EvaluatorConfig, ModelConfig
 
 KEY = "dream.evaluator"
 QUOTE_CHARS = 80  # longest quoted text in a reason
@@ -325,7 +326,7 @@ class JudgeEvaluator:
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Greedy, batched, left-padded: the dream loop's own generation (its judge settings never leak in)."""
-        from toolkit.dream.generate import generate
+        from toolkit.text.generate import generate
 
         return generate(self.model, self.tokenizer, prompts, temperature=0.0, max_new_tokens=self.cfg.max_new_tokens,
                         batch_size=JUDGE_BATCH, seed=0)

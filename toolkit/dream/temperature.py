@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from toolkit.recipe import TemperatureConfig
+from toolkit.config.dream import TemperatureConfig
 
 # Before any outcome the adaptive mode assumes everything fails (rate 1.0, T = base + gain = 1.2 by default):
 # early training does fail a lot, the seed's own schedule starts at its highest temperature (1.2), and

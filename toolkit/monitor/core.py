@@ -43,8 +43,8 @@ class Monitor:
 
     def after_step(self, step: int, loss: float, grad_norm: float, source: str) -> list:
         self.drawn[source] += 1
-        return (self.spikes["loss_spike"].check(step, loss)
-                + self.spikes["grad_norm_spike"].check(step, grad_norm))
+        return (self.spikes["loss_spike"].check([(step, loss)])
+                + self.spikes["grad_norm_spike"].check([(step, grad_norm)]))
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.audit_every) and step > 0 and step % self.cfg.audit_every == 0
@@ -52,7 +52,7 @@ class Monitor:
     def audit(self, model, tokenizer, step: int) -> tuple[list[dict], list]:
         """Probe samples, greedy and sampled, in one batched call, and the findings on them: (samples, findings).
         Reads the config only, so it can run in a background thread on a copy of the weights."""
-        from toolkit.dream.generate import chat_prompt, sample
+        from toolkit.text.generate import chat_prompt, sample
 
         prompts = [chat_prompt(tokenizer, [{"role": "user", "content": p}]) for p in self.cfg.probes]
         modes = [("greedy", 0.0), ("sampled", self.cfg.sample_temperature)]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -38,7 +39,7 @@ import yaml
 
 from toolkit.errors import ToolkitError
 from toolkit.journal import SEVERITIES
-from toolkit.monitor.repetition import distinct_n, repeat_run, seq_rep_n, words
+from toolkit.text.repetition import distinct_n, repeat_run, seq_rep_n, words
 
 DEFAULT_BIAS_PATTERNS = Path(__file__).with_name("bias_patterns.yaml")
 SNIPPET = 200  # characters of a sample kept in a finding's data
@@ -58,17 +59,24 @@ class Finding:
 
 
 @runtime_checkable
-class TextDetector(Protocol):
+class Detector(Protocol):
+    """Every detector's one interface: `check` a batch of observations, get findings (for text detectors one
+    or more per text, in order, each with the text's `index`; an empty list where a step detector sees
+    nothing wrong)."""
+
     name: str
 
-    def check(self, texts: list[str]) -> list[Finding]: ...
+    def check(self, observations: Sequence) -> list[Finding]: ...
 
 
 @runtime_checkable
-class StepDetector(Protocol):
-    name: str
+class TextDetector(Detector, Protocol):
+    """A Detector over sampled texts: `check(["text", ...])`."""
 
-    def check(self, step: int, value: float) -> list[Finding]: ...
+
+@runtime_checkable
+class StepDetector(Detector, Protocol):
+    """A Detector over training readings, `check([(step, value), ...])`, with a history that a checkpoint keeps."""
 
     def state_dict(self) -> dict: ...
 
@@ -125,7 +133,7 @@ class RepetitionDetector:
             raise ValueError("thresholds must satisfy 0 <= warn <= high <= critical")
         self.n, self.warn, self.high, self.critical, self.run_critical = n, warn, high, critical, run_critical
 
-    def check(self, texts: list[str]) -> list[Finding]:
+    def check(self, texts: Sequence[str]) -> list[Finding]:
         return [self._one(i, text) for i, text in enumerate(texts)]
 
     def _one(self, index: int, text: str) -> Finding:
@@ -184,7 +192,7 @@ class FormattingDetector:
             raise ValueError("thresholds must satisfy 0 <= warn <= high")
         self.warn, self.high, self.min_lines = warn, high, min_lines
 
-    def check(self, texts: list[str]) -> list[Finding]:
+    def check(self, texts: Sequence[str]) -> list[Finding]:
         return [self._one(i, text) for i, text in enumerate(texts)]
 
     def _one(self, index: int, text: str) -> Finding:
@@ -264,7 +272,7 @@ class BiasDetector:
         self.severity, self.classifier, self.threshold = severity, classifier, threshold
         self.patterns = load_bias_patterns(self.patterns_path, severity)
 
-    def check(self, texts: list[str]) -> list[Finding]:
+    def check(self, texts: Sequence[str]) -> list[Finding]:
         texts = list(texts)
         probs = None
         if self.classifier is not None and texts:
@@ -309,7 +317,11 @@ class SpikeDetector:
         self.min_history, self.two_sided = min_history, two_sided
         self.history: deque[float] = deque(maxlen=window)
 
-    def check(self, step: int, value: float) -> list[Finding]:
+    def check(self, readings: Sequence[tuple[int, float]]) -> list[Finding]:
+        """Findings for each (step, value) reading, judged in order, each against the history before it."""
+        return [finding for step, value in readings for finding in self._reading(step, value)]
+
+    def _reading(self, step: int, value: float) -> list[Finding]:
         value = float(value)
         if not math.isfinite(value):
             return [Finding(self.name, "critical", value, f"non-finite value {value} at step {step}", {"step": step})]
@@ -336,6 +348,6 @@ class SpikeDetector:
 
 
 __all__ = [
-    "BiasDetector", "BiasPattern", "DEFAULT_BIAS_PATTERNS", "Finding", "FormattingDetector", "RepetitionDetector",
+    "BiasDetector", "BiasPattern", "DEFAULT_BIAS_PATTERNS", "Detector", "Finding", "FormattingDetector", "RepetitionDetector",
     "SpikeDetector", "StepDetector", "TextDetector", "load_bias_patterns", "severity_rank", "worst",
 ]

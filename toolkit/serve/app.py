@@ -25,9 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from toolkit.config.serve import ServeConfig
 from toolkit.errors import ToolkitError
 from toolkit.journal import SEVERITIES
-from toolkit.recipe import ServeConfig
 from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
 from toolkit.util.jsonl import read_jsonl
 from toolkit.weights import adapter_base, inference_placement, recipe_model
@@ -117,7 +117,7 @@ class ModelHolder:
 
     def _model_config(self):
         """The run's model section with this server's trust flags: the run directory does not decide what code runs."""
-        from toolkit.recipe import ModelConfig
+        from toolkit.config.model import ModelConfig
 
         return (recipe_model(self.run_dir) or ModelConfig()).model_copy(update=self.trusted)
 

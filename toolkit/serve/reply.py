@@ -8,7 +8,8 @@ import time
 import torch
 from transformers import StoppingCriteria
 
-from toolkit.dream.generate import eos_token_ids
+from toolkit.text.generate import eos_token_ids, generation_config
+from toolkit.text.padding import pad_id
 
 # why a reply ended, as the API reports it
 END_OF_TURN, MAX_NEW_TOKENS, TIME_LIMIT = "end_of_turn", "max_new_tokens", "time_limit"
@@ -34,25 +35,14 @@ def reply(model, tokenizer, prompt_ids: list[int], *, temperature: float, top_p:
     device = next(model.parameters()).device
     input_ids = torch.tensor([prompt_ids], device=device)
     deadline = Deadline(seconds)
+    config = generation_config(temperature, max_new_tokens, eos, pad_id(tokenizer, eos), top_p=top_p)
     with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                             generation_config=_config(temperature, top_p, max_new_tokens, eos, tokenizer),
-                             stopping_criteria=[deadline])
+                             generation_config=config, stopping_criteria=[deadline])
     new = out[0, input_ids.shape[1]:].tolist()
     ended = next((k for k, t in enumerate(new) if t in eos), None)
     text = tokenizer.decode(new[:ended], skip_special_tokens=True)
     if ended is not None:
         return text, END_OF_TURN
     return text, TIME_LIMIT if deadline.hit else MAX_NEW_TOKENS
-
-
-def _config(temperature: float, top_p: float, max_new_tokens: int, eos: list[int], tokenizer):
-    """Every sampling knob explicit, so the model's own generation_config (e.g. Qwen's top_k=20) never leaks in."""
-    from transformers import GenerationConfig
-
-    sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p, "min_p": 0.0,
-                 "typical_p": 1.0} if temperature > 0 else {"do_sample": False})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    return GenerationConfig(**sampling, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
-                            max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True)

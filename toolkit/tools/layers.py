@@ -14,10 +14,10 @@ from pathlib import Path
 # lowest floor first; a module may import its own floor and the floors below
 FLOORS: list[tuple[str, list[str]]] = [
     ("shared utilities", ["toolkit.errors", "toolkit.util", "toolkit.layout"]),
-    ("text and tensors", ["toolkit.text", "toolkit.loss", "toolkit.packing"]),
+    ("text and tensors", ["toolkit.text", "toolkit.chat", "toolkit.loss", "toolkit.packing"]),
     # the curriculum plan is what the recipe alone says about each step: recipe validation runs it
-    ("recipe schema", ["toolkit.recipe", "toolkit.curriculum.plan", "toolkit.curriculum.schedule"]),
-    ("models and data", ["toolkit.model", "toolkit.lora", "toolkit.chat", "toolkit.data",
+    ("recipe schema", ["toolkit.config", "toolkit.recipe", "toolkit.curriculum.plan", "toolkit.curriculum.schedule"]),
+    ("models and data", ["toolkit.model", "toolkit.lora", "toolkit.data",
                          "toolkit.journal"]),
     ("components", ["toolkit.curriculum", "toolkit.monitor", "toolkit.dream"]),
     ("training and serving", ["toolkit.train", "toolkit.weights", "toolkit.serve", "toolkit.estimate"]),
