@@ -59,6 +59,7 @@ from analysis.heads import (  # noqa: F401 (the heads and their weight slices: c
 )
 from toolkit.errors import ToolkitError
 from toolkit.util.jsonl import jsonl_rows
+from toolkit.weights import load_weights as load_capture_model  # noqa: F401 (the name analysis callers use)
 from toolkit.weights import resolve_weights
 
 DEFAULT_MAX_TOKENS = 256
@@ -66,25 +67,6 @@ MERGED_PREFIX = "head-diff-merged-"
 
 
 # ---------------------------------------------------------------- resolving what to load
-
-
-def load_capture_model(path_or_run: str | Path, base: str | None = None, device: str = "cpu",
-                       dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) for a model dir, hub id, adapter dir or run dir, in eval mode on `device`: the causal LM
-    through `toolkit.model.load_model` (text model alone for a multimodal checkpoint), an adapter loaded onto
-    it with `toolkit.lora.load_adapter` and merged in memory. The tokenizer is the adapter's when it has one."""
-    from toolkit.config.model import ModelConfig
-    from toolkit.lora import load_adapter
-    from toolkit.model import load_model, load_tokenizer
-
-    model_dir, adapter = resolve_weights(path_or_run, base)
-    cfg = ModelConfig(name_or_path=model_dir)
-    model = load_model(model_dir, cfg, dtype=dtype)
-    if adapter is not None:
-        model = load_adapter(model, adapter).merge_and_unload()
-    tok_src = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_dir
-    tokenizer = load_tokenizer(tok_src, cfg)
-    return model.to(device).eval(), tokenizer
 
 
 def load_for_capture(path_or_run: str | Path, base: str | None = None) -> str:

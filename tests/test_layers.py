@@ -39,3 +39,12 @@ def test_a_cycle_between_packages_on_one_floor_is_named(tmp_path):
 
 def test_our_imports_point_downward():
     assert [str(v) for v in layers.check(Path(layers.__file__).resolve().parents[2])] == []
+
+
+def test_the_import_graph_names_each_package_and_what_it_imports(tmp_path):
+    root = _tree(tmp_path, {"toolkit/__init__.py": "", "toolkit/errors.py": "", "toolkit/util/__init__.py": "",
+                            "toolkit/util/jsonl.py": "from toolkit.errors import E\n", "analysis/__init__.py": "",
+                            "analysis/x.py": "from toolkit.util.jsonl import f\nfrom analysis import y\n"})
+    graph = layers.import_graph(root)
+    assert graph["toolkit.util"] == {"toolkit.errors"} and graph["analysis"] == {"toolkit.util"}
+    assert graph["toolkit.errors"] == set()

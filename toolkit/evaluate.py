@@ -36,7 +36,8 @@ from toolkit.data.formatting import Example
 from toolkit.errors import ToolkitError
 from toolkit.loss import token_loss_sum
 from toolkit.util.jsonl import jsonl_rows
-from toolkit.weights import inference_placement, run_weights
+from toolkit.train.checkpoint import run_weights
+from toolkit.weights import inference_placement
 
 FIELDS = ("prompt", "positive", "negative")
 CONFIDENCE = 0.95

@@ -1,6 +1,6 @@
 """What a path names, in weights: a model dir, a hub id, a PEFT adapter dir, a run dir (RUN/adapter or
 RUN/model, else its newest checkpoint) or a checkpoint dir; and which base an adapter belongs to. Train,
-serve, eval and every analysis command resolve weights here.
+serve, eval, the dream loop's judge and teacher, and every analysis command resolve and load weights here.
 
 An adapter's base is the run's recipe model (RUN/base-model when the run built tiny-hybrid), else the
 `base_model_name_or_path` its adapter_config.json names.
@@ -85,26 +85,24 @@ def resolve_weights(path_or_run: str | Path, base: str | None = None) -> tuple[s
                        "or model/)", where=str(path))
 
 
-def trained_weights(folder: Path) -> Path | None:
-    """`folder`/adapter or `folder`/model, whichever holds weights (a run dir or a checkpoint dir)."""
-    for name, marker in (("adapter", ADAPTER_CONFIG), ("model", "config.json")):
-        if (Path(folder) / name / marker).is_file():
-            return Path(folder) / name
-    return None
+def load_weights(path_or_run: str | Path, base: str | None = None, device=None, dtype: torch.dtype = torch.float32,
+                 options: ModelConfig | None = None):
+    """(model, tokenizer) for a model dir, hub id, adapter dir or run dir, in eval mode (on `device` when given):
+    the causal LM through `toolkit.model.load_model` (the text model alone for a multimodal checkpoint), an
+    adapter loaded onto it with `toolkit.lora.load_adapter` and merged in memory. The tokenizer is the
+    adapter's when it has one. `options`: loading options (trust_remote_code, allow_pickle, attention, chat
+    template) for the resolved model; default: ModelConfig's."""
+    from toolkit.lora import load_adapter
+    from toolkit.model import load_model, load_tokenizer
 
-
-def run_weights(run_dir: Path) -> tuple[Path, int | None]:
-    """A run's trained weights: the final RUN/adapter or RUN/model, else the newest checkpoint's; and the
-    newest checkpoint's step."""
-    from toolkit.train.checkpoint import STEP_DIR, latest_checkpoint
-
-    newest = latest_checkpoint(run_dir)
-    step = int(STEP_DIR.match(newest.name).group(1)) if newest else None
-    for folder in [run_dir] + ([newest] if newest else []):
-        if (found := trained_weights(folder)) is not None:
-            return found, step
-    raise ToolkitError("no trained weights: neither adapter/ nor model/ nor a checkpoint", where=str(run_dir),
-                       hint="evaluate a run that has written a checkpoint")
+    model_dir, adapter = resolve_weights(path_or_run, base)
+    cfg = (options or ModelConfig()).model_copy(update={"name_or_path": model_dir})
+    model = load_model(model_dir, cfg, dtype=dtype)
+    if adapter is not None:
+        model = load_adapter(model, adapter, allow_pickle=cfg.allow_pickle).merge_and_unload()
+    tok_src = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_dir
+    tokenizer = load_tokenizer(tok_src, cfg)
+    return (model if device is None else model.to(device)).eval(), tokenizer
 
 
 def inference_placement() -> tuple[torch.device, torch.dtype]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from toolkit.dream.background import Pending, join_step
+from toolkit.util.background import Pending, join_step
 from toolkit.dream.evaluators import build_evaluator
 from toolkit.dream.loop import DreamLoop
 from toolkit.dream.pool import DreamSource
@@ -42,9 +42,9 @@ def _teacher(recipe):
     path = recipe.dream.on_failure.teacher
     if not path:
         return None
-    from toolkit.model import load_model, load_tokenizer
+    from toolkit.weights import load_weights
 
-    return load_model(path, recipe.model).eval(), load_tokenizer(path, recipe.model)
+    return load_weights(path, options=recipe.model)  # a model dir, hub id, adapter dir or run dir
 
 
 def run_cycle(dream: DreamLoop, model, tokenizer, step: int, progress: float, phase_temperature, journal) -> dict:

@@ -341,21 +341,19 @@ class JudgeEvaluator:
 
 
 def load_judge(path: str, model_cfg: ModelConfig | None):
-    """The judge model (eval mode, fp32, CPU) and its tokenizer, through toolkit.model's loaders."""
-    import torch
-
-    from toolkit.model import load_model, load_tokenizer
+    """The judge model (eval mode, fp32, CPU) and its tokenizer: a model dir, hub id, adapter dir or run dir,
+    loaded by toolkit.weights."""
+    from toolkit.weights import load_weights
 
     base = model_cfg or ModelConfig()
     # the judge is another model: only loading options carry over, not the base's revision or chat template
-    judge_cfg = ModelConfig(name_or_path=path, trust_remote_code=base.trust_remote_code,
-                            allow_pickle=base.allow_pickle, attn_implementation=base.attn_implementation)
+    judge_cfg = ModelConfig(trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle,
+                            attn_implementation=base.attn_implementation)
     try:
-        tokenizer = load_tokenizer(path, judge_cfg)  # sets pad = eos when the tokenizer has no pad token
-        model = load_model(path, judge_cfg, dtype=torch.float32)
+        # load_tokenizer sets pad = eos when the tokenizer has no pad token
+        return load_weights(path, options=judge_cfg)
     except ToolkitError as exc:
         raise ToolkitError(exc.message, key=f"{KEY}.model", hint=exc.hint) from None
-    return model.eval(), tokenizer
 
 
 # ---------------------------------------------------------------- python

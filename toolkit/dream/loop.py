@@ -19,7 +19,7 @@ from pathlib import Path
 
 from toolkit.util.jsonl import jsonl_rows
 from toolkit.util.rng import rng_state, set_rng_state, stable_seed
-from toolkit.dream.background import Pending
+from toolkit.util.background import Pending
 from toolkit.text.generate import chat_prompt, sample
 from toolkit.dream.pool import DreamSource
 from toolkit.dream.temperature import TemperaturePolicy

@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from toolkit.util.rng import stable_seed
 from toolkit.journal import SEVERITIES
-from toolkit.dream.background import Pending, join_step
+from toolkit.util.background import Pending, join_step
 from toolkit.monitor.detectors import (BiasDetector, Finding, FormattingDetector, RepetitionDetector,
                                        SpikeDetector, worst)
 
@@ -67,7 +67,7 @@ class Monitor:
         return samples, findings
 
     def background_audit(self, job: dict, model, tokenizer) -> dict:
-        """`audit` as background work: a JSON result (see toolkit/dream/background.py)."""
+        """`audit` as background work: a JSON result (see toolkit/util/background.py)."""
         samples, findings = self.audit(model, tokenizer, job["step"])
         return {"samples": samples, "findings": [asdict(f) for f in findings]}
 

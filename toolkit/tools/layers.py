@@ -17,10 +17,9 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("text and tensors", ["toolkit.text", "toolkit.chat", "toolkit.loss", "toolkit.packing"]),
     # the curriculum plan is what the recipe alone says about each step: recipe validation runs it
     ("recipe schema", ["toolkit.config", "toolkit.recipe", "toolkit.curriculum.plan", "toolkit.curriculum.schedule"]),
-    ("models and data", ["toolkit.model", "toolkit.lora", "toolkit.data",
-                         "toolkit.journal"]),
+    ("models and data", ["toolkit.model", "toolkit.lora", "toolkit.weights", "toolkit.data", "toolkit.journal"]),
     ("components", ["toolkit.curriculum", "toolkit.monitor", "toolkit.dream"]),
-    ("training and serving", ["toolkit.train", "toolkit.weights", "toolkit.serve", "toolkit.estimate"]),
+    ("training and serving", ["toolkit.train", "toolkit.serve", "toolkit.estimate"]),
     ("evaluation and analysis", ["toolkit.evaluate", "toolkit.after_training", "analysis"]),
     ("commands", ["toolkit.cli", "toolkit.launch", "toolkit.__main__", "toolkit.tools", "toolkit"]),
 ]
@@ -103,8 +102,34 @@ def check(root: Path) -> list[Violation]:
     return violations
 
 
-def main() -> int:
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """{prefix: the other prefixes (FLOORS' names) its modules import}: the house's import graph."""
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            importer = module_name(path, root)
+            _, source = floor_of(importer)
+            graph.setdefault(source, set())
+            graph[source] |= {floor_of(imported)[1] for _, imported in imports_of(path, importer, root)} - {source}
+    return graph
+
+
+def print_graph(root: Path) -> None:
+    """Floor by floor, top first: each prefix and what it imports."""
+    graph = import_graph(root)
+    for index in reversed(range(len(FLOORS))):
+        name, prefixes = FLOORS[index]
+        print(f"floor {index} ({name})")
+        for prefix in prefixes:
+            if prefix in graph:
+                print(f"  {prefix} -> {', '.join(sorted(graph[prefix])) or '(nothing of ours)'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m toolkit.tools.layers [--graph]`: check the floors; --graph also prints the import graph."""
     root = Path(__file__).resolve().parents[2]
+    if "--graph" in (sys.argv[1:] if argv is None else argv):
+        print_graph(root)
     violations = check(root)
     for violation in violations:
         print(violation)

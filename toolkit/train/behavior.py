@@ -14,7 +14,7 @@ def dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum, 
                  background=None, overhead=None) -> None:
     """Dream cycles on the main process; the others take its results, so every rank's dream source (and so
     every rank's batches) stays identical. With dream.async (`background`) a cycle runs beside training on a
-    frozen copy of the weights and is applied at its join step (toolkit/dream/background.py)."""
+    frozen copy of the weights and is applied at its join step (toolkit/util/background.py)."""
     from accelerate.utils import broadcast_object_list
 
     from toolkit.dream.command import cycle_in_background, run_cycle
@@ -103,7 +103,7 @@ def start_background(dream, monitor, model, tokenizer, engine: str, is_main: boo
         raise ToolkitError("dream.async and monitor.async need unsharded weights (one process or DDP)",
                            key="dream.async" if dream in parts else "monitor.async",
                            hint=f"turn it off under {engine}")
-    from toolkit.dream.background import Background
+    from toolkit.util.background import Background
 
     background = Background()
     for part, run in ((dream, getattr(dream, "dream", None)), (monitor, getattr(monitor, "background_audit", None))):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import struct
@@ -34,6 +33,9 @@ from safetensors.torch import load_file, save_file
 
 from toolkit import journal
 from toolkit.errors import ToolkitError
+from toolkit.util.rng import global_rng_state as rng_state  # noqa: F401 (saved in training_state.pt)
+from toolkit.util.rng import set_global_rng_state as set_rng_state  # noqa: F401
+from toolkit.weights import ADAPTER_CONFIG
 
 SHARDED = "sharded"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -297,34 +299,31 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor] | None, dict, d
     return trainable, training_state, components
 
 
-def rng_state() -> dict:
-    """Global RNGs (dropout, anything a library draws); our own samplers keep their own generators."""
-    state = {"torch": torch.get_rng_state(), "python": _python_state_to_tensor(random.getstate())}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_python_state_from_tensor(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _python_state_to_tensor(state) -> torch.Tensor:
-    # Mersenne Twister words are < 2**32, so int64 holds them; gauss_next is reset (we never use it)
-    version, internal, _ = state
-    return torch.tensor([version, *internal], dtype=torch.int64)
-
-
-def _python_state_from_tensor(tensor: torch.Tensor):
-    values = tensor.tolist()
-    return (values[0], tuple(values[1:]), None)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- a run's trained weights
+
+
+def trained_weights(folder: Path) -> Path | None:
+    """`folder`/adapter or `folder`/model, whichever holds weights (a run dir or a checkpoint dir)."""
+    for name, marker in (("adapter", ADAPTER_CONFIG), ("model", "config.json")):
+        if (Path(folder) / name / marker).is_file():
+            return Path(folder) / name
+    return None
+
+
+def run_weights(run_dir: Path) -> tuple[Path, int | None]:
+    """A run's trained weights: the final RUN/adapter or RUN/model, else the newest checkpoint's; and the
+    newest checkpoint's step."""
+    newest = latest_checkpoint(run_dir)
+    step = int(STEP_DIR.match(newest.name).group(1)) if newest else None
+    for folder in [run_dir] + ([newest] if newest else []):
+        if (found := trained_weights(folder)) is not None:
+            return found, step
+    raise ToolkitError("no trained weights: neither adapter/ nor model/ nor a checkpoint", where=str(run_dir),
+                       hint="evaluate a run that has written a checkpoint")

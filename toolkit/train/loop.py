@@ -34,6 +34,7 @@ from toolkit.train.progress import Progress
 from toolkit.train.runinfo import environment_info, flat_hparams
 from toolkit.train.state import export_final, restore, resume_point, save_checkpoint, state_before_step
 from toolkit.train.validation import examples_loss, target_count
+from toolkit.util.rng import global_rng_state
 
 EXIT_SIGNAL_BASE = 128  # exit code 128 + signal number, as shells report
 
@@ -149,7 +150,7 @@ def train(loaded: LoadedRecipe, command: str, resume: bool = False, stop_at: int
         if saved["step"] == step:  # e.g. a signal right after a scheduled checkpoint
             return saved["path"]
         before = settle_background(step, components, before)  # dream.async / monitor.async work in flight
-        rngs = gather_object([before["rng"] if before else ckpt.rng_state()])  # every rank's: dropout continues exactly
+        rngs = gather_object([before["rng"] if before else global_rng_state()])  # every rank's: dropout continues exactly
         weights = None
         if engine != "replicated":  # every rank writes its shard, then the whole weights are gathered for the export
             if is_main:

@@ -12,6 +12,7 @@ from toolkit.errors import ToolkitError
 from toolkit.journal import log_sizes
 from toolkit.train import checkpoint as ckpt
 from toolkit.train import engine as engine_lib
+from toolkit.util.rng import global_rng_state, set_global_rng_state
 
 
 def resume_point(run_dir: Path, resume: bool, processes: int, engine: str) -> tuple[Path | None, list[ckpt.Damage]]:
@@ -38,8 +39,8 @@ def state_before_step(run_dir: Path, components: dict, is_main: bool) -> dict:
     """What a checkpoint of a step that fails must hold instead of the live state: the step has already
     drawn its batch (source cursor, bandit) and dropout masks. Serialized now, as a checkpoint would be."""
     if not is_main:  # the others only contribute their RNG state to a checkpoint
-        return {"rng": ckpt.rng_state()}
-    return {"rng": ckpt.rng_state(), "components": json.dumps(component_states(components)),
+        return {"rng": global_rng_state()}
+    return {"rng": global_rng_state(), "components": json.dumps(component_states(components)),
             "logs": log_sizes(run_dir)}
 
 
@@ -92,7 +93,7 @@ def restore(path: Path, model, optimizer, components, accelerator, train_model) 
     if len(rngs) != world:  # checkpoints that predate state.json's "processes"; every rank raises alike
         raise ToolkitError(f"the checkpoint was written by {len(rngs)} process(es), this run has {world}; "
                            "resume with as many", where=str(path))
-    ckpt.set_rng_state(rngs[rank])
+    set_global_rng_state(rngs[rank])
     saved = state["components"]
     for source in components["sources"]:
         if source.name in saved["sources"]:
