@@ -136,14 +136,17 @@ def _fallback(model, batch: dict, why: str) -> torch.Tensor:
 
 def chunked_loss(head, post, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
     """Summed cross-entropy of `post(head(hidden))` against the next-token labels, `chunk` target positions at
-    a time; each chunk's logits are recomputed in backward (checkpoint) instead of kept."""
+    a time; each chunk's logits but the last are recomputed in backward (checkpoint) instead of kept. The last
+    chunk's backward runs first, right after the forward, so keeping its logits raises no peak (recomputing
+    them would allocate as much at that moment): one chunk fewer to recompute, none when all fit in one."""
     targets = labels[:, 1:]
     keep = targets != IGNORE  # positions without a target need no logits at all
     h, y = hidden[:, :-1][keep], targets[keep]
     total = None
     for start in range(0, max(len(y), 1), chunk):  # at least one (maybe empty) chunk: a graph to backward through
-        part = checkpoint(_chunk_loss, head, post, h[start:start + chunk], y[start:start + chunk],
-                          use_reentrant=False)
+        args = (head, post, h[start:start + chunk], y[start:start + chunk])
+        last = start + chunk >= len(y)
+        part = _chunk_loss(*args) if last else checkpoint(_chunk_loss, *args, use_reentrant=False)
         total = part if total is None else total + part
     return total
 
