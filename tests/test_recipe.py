@@ -132,9 +132,11 @@ def test_runtime_user_errors_are_one_line_too(tmp_path):
      "'function' belongs to kind 'python', not 'rules'"),
     ("curriculum:\n  sampler: exp3\n  window: 50\n", "'window' belongs to sampler 'ucb1', not 'exp3'"),
     ("curriculum:\n  gamma: 0.2\n", "'gamma' belongs to sampler 'exp3', not 'weighted'"),
+    ("curriculum:\n  reward: neg_loss\n  score_fn: m:f\n", "'score_fn' belongs to reward 'score', not 'neg_loss'"),
 ])
 def test_a_key_of_another_kind_is_an_error_not_ignored(tmp_path, section, message):
     recipe = write(tmp_path / "r.yaml", section)
     with pytest.raises(ToolkitError) as err:
         load_recipe(recipe)
-    assert message in str(err.value) and f"{recipe}:" in str(err.value)
+    assert message in str(err.value)
+    assert err.value.where == f"{recipe}:{section.count(chr(10))}"  # the stray key's own line (the last one)

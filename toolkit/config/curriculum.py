@@ -50,7 +50,7 @@ class RepetitionGuardConfig(Section):
 
 
 SAMPLER_KEYS = {"ucb1": ("c", "window", "discount"), "exp3": ("gamma",)}
-
+REWARD_KEYS = {"score": ("score_fn",)}
 
 
 class CurriculumConfig(Section):
@@ -80,8 +80,8 @@ class CurriculumConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _sampler_keys(cls, data):
-        return reject_other_kinds(cls, data, "sampler", SAMPLER_KEYS)
+    def _kind_keys(cls, data):
+        return reject_other_kinds(cls, reject_other_kinds(cls, data, "sampler", SAMPLER_KEYS), "reward", REWARD_KEYS)
 
     @field_validator("caps", "floors")
     @classmethod

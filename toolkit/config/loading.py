@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from toolkit.config.section import KeyOfAnotherKind
 from toolkit.errors import ToolkitError, did_you_mean, first_line
 
 # seed 000's flat config keys, at the top level or in `curriculum:`; renamed per file and per --set,
@@ -151,6 +152,8 @@ def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: 
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     loc = _drop_union_tags(loc)
+    if isinstance((err.get("ctx") or {}).get("error"), KeyOfAnotherKind):
+        loc = (*loc, err["ctx"]["error"].key)  # the section's validator names the stray key: point at its line
     key = ".".join(str(p) for p in loc) or None
     where = locate(locations, loc, path)
     if where.startswith("--set"):

@@ -9,6 +9,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class KeyOfAnotherKind(ValueError):
+    """A key set for a kind it does not belong to; `key` lets the error point at that key's line."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
 
 def reject_other_kinds(section: type[BaseModel], data, kind_key: str, keys_by_kind: dict[str, tuple[str, ...]]):
     """For a section whose `kind_key` picks one of several interchangeable parts: a key that belongs to
@@ -24,5 +31,5 @@ def reject_other_kinds(section: type[BaseModel], data, kind_key: str, keys_by_ki
         stray = [k for k in keys if k not in keys_by_kind.get(kind, ())
                  and data.get(k) is not None and data[k] != fields[k].get_default(call_default_factory=True)]
         if stray:
-            raise ValueError(f"'{stray[0]}' belongs to {kind_key} '{other}', not '{kind}'")
+            raise KeyOfAnotherKind(stray[0], f"'{stray[0]}' belongs to {kind_key} '{other}', not '{kind}'")
     return data
