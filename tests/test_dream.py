@@ -12,7 +12,7 @@ from toolkit.dream.loop import DreamLoop, histogram, load_seeds
 from toolkit.dream.pool import DreamSource
 from toolkit.errors import ToolkitError
 from toolkit.journal import Journal, read_jsonl
-from toolkit.recipe import DreamConfig, EvaluatorConfig
+from toolkit.recipe import DreamConfig, RulesEvaluatorConfig
 
 REQUIRED = {"temperature", "failure_rate", "scenario", "response", "score", "passed", "reason"}
 
@@ -158,7 +158,7 @@ def test_bad_seed_files_are_one_line_errors(tmp_path):
 
 def test_a_dream_recipe_needs_seeds_and_an_evaluator():
     with pytest.raises(ValueError, match="seeds"):
-        DreamConfig(enabled=True, evaluator=EvaluatorConfig(must_include=["x"]))
+        DreamConfig(enabled=True, evaluator=RulesEvaluatorConfig(must_include=["x"]))
     with pytest.raises(ValueError, match="evaluator"):
         DreamConfig(enabled=True, seeds="s.jsonl")
 

@@ -20,7 +20,7 @@ from toolkit.dream.evaluators import (
     parse_score,
 )
 from toolkit.errors import ToolkitError
-from toolkit.recipe import EvaluatorConfig, ModelConfig
+from toolkit.recipe import JudgeEvaluatorConfig, ModelConfig, evaluator_config
 
 SCENARIO = "Please indent with tabs."
 PASS = "Using tabs as you asked."
@@ -31,7 +31,7 @@ FAIL = "You should use spaces instead."
 
 
 def rules(**fields):
-    return build_evaluator(EvaluatorConfig(kind="rules", **fields), run_dir=None)
+    return build_evaluator(evaluator_config(kind="rules", **fields), run_dir=None)
 
 
 def test_rules_pass_and_fail_with_reasons():
@@ -85,7 +85,7 @@ def tab_rows(n=20):
 
 
 def classifier(tmp_path, examples, threshold=0.5):
-    cfg = EvaluatorConfig(kind="classifier", examples=str(examples), threshold=threshold)
+    cfg = evaluator_config(kind="classifier", examples=str(examples), threshold=threshold)
     return build_evaluator(cfg, tmp_path / "run")
 
 
@@ -177,7 +177,7 @@ def test_classifier_needs_two_classes_and_a_file(tmp_path):
     ("", None),
 ])
 def test_parse_score(text, expected):
-    assert parse_score(text, re.compile(EvaluatorConfig.model_fields["score_pattern"].default)) == expected
+    assert parse_score(text, re.compile(JudgeEvaluatorConfig.model_fields["score_pattern"].default)) == expected
 
 
 def test_parse_score_without_group_uses_whole_match():
@@ -186,7 +186,7 @@ def test_parse_score_without_group_uses_whole_match():
 
 
 def judge_cfg(model, **fields):
-    return EvaluatorConfig(kind="judge", model=str(model), **fields)
+    return evaluator_config(kind="judge", model=str(model), **fields)
 
 
 def test_judge_verdicts_from_crafted_outputs(tiny_model_dir):
@@ -252,7 +252,7 @@ def score_verdict(scenario, response):
 
 def python_ev(name, threshold=0.5):
     # this module by the name it was imported under, so load_score_fn finds it in sys.modules
-    cfg = EvaluatorConfig(kind="python", function=f"{__name__}:{name}", threshold=threshold)
+    cfg = evaluator_config(kind="python", function=f"{__name__}:{name}", threshold=threshold)
     return build_evaluator(cfg, run_dir=None)
 
 
@@ -292,7 +292,7 @@ def test_python_bad_returns_name_the_function(monkeypatch, value):
 def test_python_function_from_a_module_on_sys_path(tmp_path, monkeypatch):
     (tmp_path / "my_scores.py").write_text("def judge(s, r):\n    return len(r) / 100\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = EvaluatorConfig(kind="python", function="my_scores:judge", threshold=0.1)
+    cfg = evaluator_config(kind="python", function="my_scores:judge", threshold=0.1)
     assert build_evaluator(cfg, run_dir=None).evaluate(["s"], ["x" * 20]) == [Verdict(0.2, True, "score=0.20")]
     with pytest.raises(ToolkitError) as err:
         build_evaluator(cfg.model_copy(update={"function": "my_scores:nope"}), run_dir=None)

@@ -125,6 +125,27 @@ def test_runtime_user_errors_are_one_line_too(tmp_path):
     assert "data file not found: missing.jsonl" in out.stderr
 
 
+def test_evaluators_are_a_union_tagged_by_kind(tmp_path):
+    from toolkit.recipe import JudgeEvaluatorConfig, RulesEvaluatorConfig
+
+    judge = write(tmp_path / "judge.yaml", "dream:\n  evaluator:\n    kind: judge\n    model: m/j\n")
+    assert isinstance(load_recipe(judge).recipe.dream.evaluator, JudgeEvaluatorConfig)
+    rules = write(tmp_path / "rules.yaml", "dream:\n  evaluator:\n    must_include: [ok]\n")  # kind defaults to rules
+    assert isinstance(load_recipe(rules).recipe.dream.evaluator, RulesEvaluatorConfig)
+    typo = write(tmp_path / "typo.yaml", "dream:\n  evaluator:\n    kind: judge\n    model: m/j\n    modle: x\n")
+    with pytest.raises(ToolkitError) as err:
+        load_recipe(typo)
+    assert (err.value.where, err.value.key) == (f"{typo}:5", "dream.evaluator.modle")
+    assert "unknown key 'modle'" in str(err.value) and "did you mean 'model'" in str(err.value)
+    # a recipe resolved before the kinds were split writes every kind's keys, the others null or at their default
+    flat = write(tmp_path / "flat.yaml", "dream:\n  evaluator:\n    kind: rules\n    must_include: [ok]\n"
+                 "    threshold: 0.5\n    model: null\n    max_new_tokens: 8\n    function: null\n")
+    assert isinstance(load_recipe(flat).recipe.dream.evaluator, RulesEvaluatorConfig)
+    other = write(tmp_path / "other.yaml", "dream:\n  evaluator:\n    kind: llm\n")
+    with pytest.raises(ToolkitError, match="kind must be one of 'rules', 'classifier', 'judge', 'python'"):
+        load_recipe(other)
+
+
 @pytest.mark.parametrize("section, message", [
     ("dream:\n  enabled: true\n  seeds: s.jsonl\n  evaluator:\n    kind: judge\n    model: x/y\n    must_match: [a]\n",
      "'must_match' belongs to kind 'rules', not 'judge'"),
@@ -133,6 +154,8 @@ def test_runtime_user_errors_are_one_line_too(tmp_path):
     ("curriculum:\n  sampler: exp3\n  window: 50\n", "'window' belongs to sampler 'ucb1', not 'exp3'"),
     ("curriculum:\n  gamma: 0.2\n", "'gamma' belongs to sampler 'exp3', not 'weighted'"),
     ("curriculum:\n  reward: neg_loss\n  score_fn: m:f\n", "'score_fn' belongs to reward 'score', not 'neg_loss'"),
+    ("dream:\n  evaluator:\n    must_include: [a]\n    threshold: 0.3\n",
+     "'threshold' belongs to kind 'classifier' or 'judge' or 'python', not 'rules'"),
 ])
 def test_a_key_of_another_kind_is_an_error_not_ignored(tmp_path, section, message):
     recipe = write(tmp_path / "r.yaml", section)

@@ -157,7 +157,7 @@ def test_a_planted_evaluator_skops_is_refused_without_running(tmp_path, module, 
     import sklearn
 
     from toolkit.dream.evaluators import build_evaluator
-    from toolkit.recipe import EvaluatorConfig
+    from toolkit.recipe import evaluator_config
 
     examples = write_examples(tmp_path / "labels.jsonl", tab_rows())
     dream = tmp_path / "run" / "dream"
@@ -169,7 +169,7 @@ def test_a_planted_evaluator_skops_is_refused_without_running(tmp_path, module, 
         "sha256": hashlib.sha256(examples.read_bytes()).hexdigest(), "sklearn": sklearn.__version__,
         "input": "response"}))
     with pytest.raises(ToolkitError) as err:
-        build_evaluator(EvaluatorConfig(kind="classifier", examples=str(examples)), tmp_path / "run")
+        build_evaluator(evaluator_config(kind="classifier", examples=str(examples)), tmp_path / "run")
     assert not marker.exists()
     line = err.value.one_line()
     assert "\n" not in line and str(dream / "evaluator.skops") in line and f"{module}.{function}" in line
@@ -337,10 +337,10 @@ def test_other_ranks_get_no_judge_and_never_run_a_cycle(tmp_path, monkeypatch):
     from toolkit.dream import evaluators
     from toolkit.dream.loop import DreamLoop
     from toolkit.dream.pool import DreamSource
-    from toolkit.recipe import DreamConfig, EvaluatorConfig
+    from toolkit.recipe import DreamConfig, evaluator_config
 
     monkeypatch.setattr(evaluators, "load_judge", lambda *a: pytest.fail("a judge loaded on a non-main rank"))
-    judge = EvaluatorConfig(kind="judge", model="some/judge")
+    judge = evaluator_config(kind="judge", model="some/judge")
     assert evaluators.build_evaluator(judge, tmp_path, main=False) is None
     cfg = DreamConfig(seeds=str(write_seeds(tmp_path / "seeds.jsonl")), evaluator=judge)
     loop = DreamLoop(cfg, None, DreamSource(cfg, None, 64, 0, tmp_path, write=False), tmp_path, 0, write=False)

@@ -30,7 +30,7 @@ import torch
 
 from toolkit.chat import chat_prompt, supervised_example
 from toolkit.config.analysis import EvalConfig
-from toolkit.config.dream import EvaluatorConfig
+from toolkit.config.evaluators import RulesEvaluatorConfig
 from toolkit.data.batching import collate, to_device
 from toolkit.data.formatting import Example
 from toolkit.errors import ToolkitError
@@ -42,8 +42,7 @@ from toolkit.weights import inference_placement
 FIELDS = ("prompt", "positive", "negative")
 CONFIDENCE = 0.95
 # The directive behavior's rules (recipes/lora-r64.yaml's dream evaluator): acknowledge, don't counter-propose.
-DIRECTIVE_EVALUATOR = EvaluatorConfig(
-    kind="rules",
+DIRECTIVE_EVALUATOR = RulesEvaluatorConfig(
     must_match=[r"(?i)\b(understood|sure|done|got it|will do|okay)\b"],
     must_not_match=[r"(?i)\b(instead|however|i would suggest|i suggest|i recommend|you should|better to)\b"],
 )

@@ -20,8 +20,11 @@ from toolkit.config.analysis import AnalysisConfig, EvalConfig
 from toolkit.config.checks import check_output_dir, check_probe_rows, check_recipe_files, probe_row_problem
 from toolkit.config.curriculum import CurriculumConfig, PhaseConfig, RepetitionGuardConfig
 from toolkit.config.data import DataConfig, SourceConfig
-from toolkit.config.dream import DreamConfig, EvaluatorConfig, FailureConfig, TemperatureConfig
-from toolkit.config.loading import apply_override, as_toolkit_error, load_with_extends, locate, section_type
+from toolkit.config.dream import DreamConfig, FailureConfig, TemperatureConfig
+from toolkit.config.evaluators import (ClassifierEvaluatorConfig, EvaluatorConfig, JudgeEvaluatorConfig,
+                                      PythonEvaluatorConfig, RulesEvaluatorConfig, evaluator_config)
+from toolkit.config.loading import (apply_override, as_toolkit_error, load_with_extends, locate, section_type,
+                                    tagged_members)
 from toolkit.config.model import GDN_GATE_PARAMS, LoraConfig, ModelConfig, TinyHybridConfig
 from toolkit.config.monitor import MonitorConfig
 from toolkit.config.run import LoggingConfig, RunConfig
@@ -31,11 +34,11 @@ from toolkit.config.train import TrainConfig
 from toolkit.errors import ToolkitError
 
 __all__ = [  # the sections, importable from here as before the split
-    "AnalysisConfig", "CurriculumConfig", "DataConfig", "DreamConfig", "EvalConfig", "EvaluatorConfig",
-    "FailureConfig", "GDN_GATE_PARAMS", "LoadedRecipe", "LoggingConfig", "LoraConfig", "ModelConfig",
-    "MonitorConfig", "PhaseConfig", "Recipe", "RepetitionGuardConfig", "RunConfig", "ServeConfig", "SourceConfig",
+    "AnalysisConfig", "ClassifierEvaluatorConfig", "CurriculumConfig", "DataConfig", "DreamConfig", "EvalConfig", "EvaluatorConfig",
+    "FailureConfig", "GDN_GATE_PARAMS", "JudgeEvaluatorConfig", "LoadedRecipe", "LoggingConfig", "LoraConfig", "ModelConfig",
+    "MonitorConfig", "PhaseConfig", "PythonEvaluatorConfig", "Recipe", "RepetitionGuardConfig", "RulesEvaluatorConfig", "RunConfig", "ServeConfig", "SourceConfig",
     "TemperatureConfig", "TinyHybridConfig", "TrainConfig", "all_recipe_keys", "check_files", "check_output_dir",
-    "check_probe_rows", "dump_recipe", "load_recipe", "probe_row_problem",
+    "check_probe_rows", "dump_recipe", "evaluator_config", "load_recipe", "probe_row_problem",
 ]
 
 
@@ -131,7 +134,9 @@ def all_recipe_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[s
     for name, field in model.model_fields.items():
         dotted = f"{prefix}{name}"
         sub = section_type(field.annotation)
-        if sub is not None and not sub.model_fields:
+        if members := tagged_members(field.annotation):  # a union by kind: every kind's keys, each once
+            keys.extend(dict.fromkeys(k for member in members.values() for k in all_recipe_keys(member, f"{dotted}.")))
+        elif sub is not None and not sub.model_fields:
             keys.append(dotted)  # a section later issues fill
         elif sub is not None:
             is_list = "list" in str(field.annotation)

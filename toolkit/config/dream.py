@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from toolkit.config.section import Section, reject_other_kinds
+from toolkit.config.evaluators import EvaluatorConfig, reject_keys_of_other_kinds
+from toolkit.config.section import Section
 
 
 class TemperatureConfig(Section):
@@ -28,56 +29,6 @@ class TemperatureConfig(Section):
             raise ValueError("schedule needs [until_progress, temperature] pairs in increasing order ending at 1.0, "
                              "temperatures > 0")
         return v
-
-
-
-EVALUATOR_KEYS = {
-    "rules": ("must_include", "must_match", "must_not_include", "must_not_match"),
-    "classifier": ("examples",),
-    "judge": ("model", "prompt", "score_pattern", "max_score", "max_new_tokens"),
-    "python": ("function",),
-}
-
-
-
-class EvaluatorConfig(Section):
-    """Judges a (scenario, response): every kind returns a score, pass/fail and a reason."""
-
-    kind: Literal["rules", "classifier", "judge", "python"] = "rules"
-    # rules: phrases (case-insensitive) and regular expressions that must / must not appear
-    must_include: list[str] = []
-    must_match: list[str] = []
-    must_not_include: list[str] = []
-    must_not_match: list[str] = []
-    # classifier: a scikit-learn pipeline trained on labeled JSONL rows {"text" | "scenario"+"response", "label": 0/1}
-    examples: str | None = None
-    threshold: float = Field(0.5, ge=0, le=1)  # classifier probability / normalized judge score to pass
-    # judge: another Hugging Face model scores with a prompt template; the first number matched is the score
-    model: str | None = None
-    prompt: str = ("Rate how well the reply follows the user's directive, from 0 to 10.\n"
-                   "User: {scenario}\nReply: {response}\nScore:")
-    score_pattern: str = r"(\d+(?:\.\d+)?)"
-    max_score: float = Field(10.0, gt=0)
-    max_new_tokens: int = Field(8, ge=1)
-    # python: "module:function" called with (scenario, response); returns a float, a dict or a Verdict
-    function: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _kind_keys(cls, data):
-        return reject_other_kinds(cls, data, "kind", EVALUATOR_KEYS)
-
-    @model_validator(mode="after")
-    def _needs(self):
-        need = {"classifier": "examples", "judge": "model", "python": "function"}.get(self.kind)
-        if need and not getattr(self, need):
-            raise ValueError(f"evaluator kind '{self.kind}' needs `{need}`")
-        if self.kind == "rules" and not (self.must_include or self.must_match or self.must_not_include
-                                         or self.must_not_match):
-            raise ValueError("a rules evaluator needs at least one of must_include, must_match, must_not_include, "
-                             "must_not_match")
-        return self
-
 
 
 class FailureConfig(Section):
@@ -121,6 +72,11 @@ class DreamConfig(Section):
     pool_size: int = Field(2000, ge=1)  # most examples the dream source keeps
     retention: Literal["newest", "hardest"] = "newest"  # what stays when full: newest, or lowest pass rate
     zpd_floor: float = Field(0.1, ge=0, le=1)  # seed weight of scenarios always passed or always failed
+
+    @field_validator("evaluator", mode="before")
+    @classmethod
+    def _evaluator_keys(cls, value):
+        return reject_keys_of_other_kinds(value)
 
     @model_validator(mode="after")
     def _ready(self):

@@ -151,7 +151,8 @@ def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: 
     """The first validation error as one line at the file:line of its key; unknown keys get a did-you-mean."""
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    loc = _drop_union_tags(loc)
+    raw = _drop_union_tags(loc)
+    loc, _ = _walk(schema, raw)
     if isinstance((err.get("ctx") or {}).get("error"), KeyOfAnotherKind):
         loc = (*loc, err["ctx"]["error"].key)  # the section's validator names the stray key: point at its line
     key = ".".join(str(p) for p in loc) or None
@@ -159,7 +160,8 @@ def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: 
     if where.startswith("--set"):
         key = None  # the override already names the key
     if err["type"] == "extra_forbidden":
-        hint = did_you_mean(loc[-1], _fields_at(schema, loc[:-1])) or f"valid keys: {', '.join(_fields_at(schema, loc[:-1]))}"
+        valid = _fields_at(schema, raw[:-1])
+        hint = did_you_mean(loc[-1], valid) or f"valid keys: {', '.join(valid)}"
         return ToolkitError(f"unknown key '{loc[-1]}'", where=where, key=key, hint=hint)
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
@@ -173,21 +175,52 @@ def _drop_union_tags(loc: tuple) -> tuple:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"})))
 
 
-
-def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid key names of the section at `loc` (for did-you-mean)."""
+def _walk(schema: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
+    """(`loc` without the tags pydantic adds for a tagged union's member, the section at its end or None): an
+    error under `dream.evaluator` with `kind: judge` is at ("dream", "evaluator", "judge", key)."""
     model: Any = schema
-    for part in loc:
+    out, parts = [], iter(loc)
+    for part in parts:
+        out.append(part)
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
-            return []
+            model = None
+            continue
+        members = tagged_members(field.annotation)
         model = section_type(field.annotation)
-        if model is None:
-            return []
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        if members:
+            tag = next(parts, None)
+            if tag in members:
+                model = members[tag]
+            elif tag is not None:
+                out.append(tag)
+    return tuple(out), model
 
+
+def tagged_members(annotation) -> dict[str, type]:
+    """{tag: section} of a tagged (discriminated) union anywhere in `annotation`, else {}."""
+    from typing import Annotated, get_args, get_origin
+
+    from pydantic import Tag
+
+    found = {}
+    for arg in get_args(annotation):
+        if get_origin(arg) is Annotated:
+            inner, *meta = get_args(arg)
+            tags = [m.tag for m in meta if isinstance(m, Tag)]
+            if tags:
+                found[tags[0]] = inner
+                continue
+        found |= tagged_members(arg)
+    return found
+
+
+def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid key names of the section at `loc` (for did-you-mean)."""
+    _, model = _walk(schema, loc)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
 def section_type(annotation) -> type | None:

@@ -18,18 +18,36 @@ class KeyOfAnotherKind(ValueError):
 
 
 def reject_other_kinds(section: type[BaseModel], data, kind_key: str, keys_by_kind: dict[str, tuple[str, ...]]):
-    """For a section whose `kind_key` picks one of several interchangeable parts: a key that belongs to
-    another part is an error, never silently ignored (`must_match` under `kind: judge`, `window` with exp3).
+    """For a flat section whose `kind_key` picks one of several interchangeable parts (the curriculum's sampler
+    and reward): a key that belongs to another part is an error, never silently ignored (`window` with exp3).
     A key at its default (as a resolved recipe writes every key) or null counts as not set."""
+    fields = section.model_fields
+    return _reject(data, kind_key, fields[kind_key].default, keys_by_kind, fields)
+
+
+def reject_other_members(data, kind_key: str, members: dict[str, type[BaseModel]], default_kind: str):
+    """The same for a discriminated union of sections (`members`: kind -> section): a key that only other kinds
+    have (`must_match` under `kind: judge`) names the kinds it belongs to, where pydantic would only say
+    "extra inputs are not permitted". Other kinds' keys left null or at their default (a recipe resolved before
+    the kinds were split writes them all) are dropped."""
+    if not isinstance(data, dict) or data.get(kind_key, default_kind) not in members:
+        return data  # an unknown kind: the union's own error names the valid ones
+    keys_by_kind = {kind: tuple(member.model_fields) for kind, member in members.items()}
+    fields = {k: f for member in members.values() for k, f in member.model_fields.items()}
+    _reject(data, kind_key, default_kind, keys_by_kind, fields)
+    own = keys_by_kind[data.get(kind_key, default_kind)]
+    return {k: v for k, v in data.items() if k in own or k not in fields}
+
+
+def _reject(data, kind_key: str, kind_default, keys_by_kind: dict[str, tuple[str, ...]], fields: dict):
     if not isinstance(data, dict):
         return data
-    fields = section.model_fields
-    kind = data.get(kind_key, fields[kind_key].default)
-    for other, keys in keys_by_kind.items():
-        if other == kind:
-            continue
-        stray = [k for k in keys if k not in keys_by_kind.get(kind, ())
-                 and data.get(k) is not None and data[k] != fields[k].get_default(call_default_factory=True)]
-        if stray:
-            raise KeyOfAnotherKind(stray[0], f"'{stray[0]}' belongs to {kind_key} '{other}', not '{kind}'")
+    kind = data.get(kind_key, kind_default)
+    own = keys_by_kind.get(kind, ())
+    for key, value in data.items():
+        owners = [other for other, keys in keys_by_kind.items() if other != kind and key in keys and key not in own
+                  and key != kind_key]
+        if owners and value is not None and value != fields[key].get_default(call_default_factory=True):
+            kinds = " or ".join(f"'{o}'" for o in owners)
+            raise KeyOfAnotherKind(key, f"'{key}' belongs to {kind_key} {kinds}, not '{kind}'")
     return data

@@ -26,7 +26,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from toolkit.config.dream import EvaluatorConfig
+from toolkit.config.evaluators import (ClassifierEvaluatorConfig, EvaluatorConfig, JudgeEvaluatorConfig,
+                                      PythonEvaluatorConfig, RulesEvaluatorConfig)
 from toolkit.config.model import ModelConfig
 from toolkit.errors import ToolkitError, first_line
 from toolkit.util.imports import load_function
@@ -105,7 +106,7 @@ class RulesEvaluator:
     """Phrases match case-insensitively; regular expressions match as written (add `(?i)` to ignore case).
     Only the response is checked."""
 
-    def __init__(self, cfg: EvaluatorConfig):
+    def __init__(self, cfg: RulesEvaluatorConfig):
         # (description of the failure, test that holds when the rule is satisfied), in recipe order
         self.rules = []
         for phrase in cfg.must_include:
@@ -198,7 +199,7 @@ class ClassifierEvaluator:
     `trained` tells whether this instance trained (True) or loaded (False); with `may_train` False (a
     process other than the main one) a missing or stale classifier is an error, never a second writer."""
 
-    def __init__(self, cfg: EvaluatorConfig, run_dir: Path, may_train: bool = True):
+    def __init__(self, cfg: ClassifierEvaluatorConfig, run_dir: Path, may_train: bool = True):
         self.threshold = cfg.threshold
         examples = Path(cfg.examples)
         try:
@@ -308,7 +309,7 @@ class JudgeEvaluator:
     """Another causal LM, fp32 on CPU, fills `cfg.prompt` as plain text (no chat template) and generates
     greedily; the first number it writes over `cfg.max_score` is the score."""
 
-    def __init__(self, cfg: EvaluatorConfig, model_cfg: ModelConfig | None = None):
+    def __init__(self, cfg: JudgeEvaluatorConfig, model_cfg: ModelConfig | None = None):
         for placeholder in ("{scenario}", "{response}"):
             if placeholder not in cfg.prompt:
                 raise ToolkitError(f"the judge prompt has no {placeholder} placeholder", key=f"{KEY}.prompt")
@@ -363,7 +364,7 @@ class PythonEvaluator:
     """`cfg.function(scenario, response)` returns a float score, a (score, passed, reason) tuple, a dict
     with "score" (and optionally "passed", "reason"), or a Verdict. A bare score passes at `cfg.threshold`."""
 
-    def __init__(self, cfg: EvaluatorConfig):
+    def __init__(self, cfg: RulesEvaluatorConfig):
         self.name = cfg.function
         self.threshold = cfg.threshold
         self.fn = load_function(cfg.function, f"{KEY}.function")
