@@ -1,9 +1,9 @@
 """Recipes: one YAML file describes a run; pydantic validates every section up front.
 
-Each component owns its section (toolkit/config/: model, data, curriculum, train, monitor, dream, analysis,
-serve); the Recipe composes them. Loading order (toolkit/config/loading.py): the file's `extends:` chain
-(parents first, deep-merged), then `--set a.b=value` overrides, then validation. Every mistake is a
-`ToolkitError` naming file:line and the key path. Relative paths in a recipe are taken from the working
+Each component owns its section (toolkit/config/: model, data, curriculum, train, monitor, dream and its
+evaluators, analysis, serve); the Recipe composes them. Loading order (toolkit/config/loading.py): the file's
+`extends:` chain (parents first, deep-merged), then `--set a.b=value` overrides, then validation. Every mistake
+is a `ToolkitError` naming file:line and the key path. Relative paths in a recipe are taken from the working
 directory, as in Axolotl and torchtune.
 """
 
