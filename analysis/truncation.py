@@ -44,7 +44,6 @@ def _load_base(adapter: Path, device: torch.device, trust_remote_code: bool = Fa
     return model.to(device).eval(), tokenizer, loaded
 
 
-
 def _behavior_examples(loaded, tokenizer, data: Path | None) -> tuple[list, str, int, int]:
     """(examples, description, batch size, records skipped): `data` JSONL, else the run's validation examples.
 
@@ -84,14 +83,12 @@ def _behavior_examples(loaded, tokenizer, data: Path | None) -> tuple[list, str,
     return examples, f"validation examples of the run's sources ({names})", batch_size, 0
 
 
-
 def _loss(model, examples, batch_size: int, pad_id: int) -> float:
     """Mean next-token cross-entropy over target tokens, as the training loop's validation loss."""
     from toolkit.train.validation import examples_loss
 
     total, count = examples_loss(model, examples, batch_size, "bucket", pad_id)
     return total / count
-
 
 
 @contextmanager
@@ -136,13 +133,11 @@ def _applied(model, factors: dict | None, gates: dict):
                 params[name].copy_(value)
 
 
-
 def _delta_hook(b: torch.Tensor, a: torch.Tensor):
     def hook(module, args, output):
         x = args[0]
         return output + ((x.to(torch.float32) @ a.T) @ b.T).to(output.dtype)
     return hook
-
 
 
 def truncation_sweep(run_or_adapter: str | Path, data: str | Path | None = None, trust_remote_code: bool = False,

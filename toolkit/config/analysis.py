@@ -21,7 +21,6 @@ class AnalysisConfig(Section):
         return self
 
 
-
 class EvalConfig(Section):
     """Held-out behavior evaluation at the end of `toolkit finetune` (also `toolkit eval RUN`): base vs tuned
     log-prob margins and evaluator pass rates on prompts never trained on (toolkit/evaluate.py)."""

@@ -12,9 +12,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "spiece.model", "sentencepiece.bpe.model")
 
 
-
 SYSTEM_DIRS = ("/proc", "/sys", "/dev")
-
 
 
 def check_recipe_files(r) -> None:
@@ -52,7 +50,6 @@ def check_recipe_files(r) -> None:
         _check_template_syntax(r.model.chat_template)
 
 
-
 def probe_row_problem(row) -> str | None:
     """Why a probe prompt row (head-diff, analysis.probes) has the wrong shape, or None."""
     if not isinstance(row, dict):
@@ -64,7 +61,6 @@ def probe_row_problem(row) -> str | None:
         return None
     return (f"a probe row needs 'prompt' or 'text' (a string) or 'messages' (a list of {{role, content}}); "
             f"it has {sorted(row) or 'no keys'}")
-
 
 
 def check_probe_rows(path: str | Path) -> None:
@@ -79,7 +75,6 @@ def check_probe_rows(path: str | Path) -> None:
         count += 1
     if not count:
         raise ToolkitError("the probe prompts file has no rows", where=str(path))
-
 
 
 def check_output_dir(path: Path, create: bool) -> None:
@@ -104,7 +99,6 @@ def check_output_dir(path: Path, create: bool) -> None:
                            hint="choose a directory you can write") from None
 
 
-
 def _check_model_dir(model) -> None:
     path = model.name_or_path
     if path == "tiny-hybrid":
@@ -120,7 +114,6 @@ def _check_model_dir(model) -> None:
                            key="model.name_or_path", hint="copy the tokenizer files next to config.json")
 
 
-
 def _check_template_syntax(template: str) -> None:
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -130,7 +123,6 @@ def _check_template_syntax(template: str) -> None:
     except TemplateSyntaxError as exc:
         raise ToolkitError(f"not a valid Jinja template: {first_line(exc)} (template line {exc.lineno})",
                            key="model.chat_template") from None
-
 
 
 def _check_function(spec: str | None, key: str) -> None:

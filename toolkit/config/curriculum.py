@@ -37,7 +37,6 @@ class PhaseConfig(Section):
         return self
 
 
-
 class RepetitionGuardConfig(Section):
     """Seed 000's failure: repetitive, list-shaped sources earn the best loss and a bandit feeds the
     model more of them. A source's repetition (seq-rep-n of its target tokens, 0..1) lowers its reward,
@@ -46,7 +45,6 @@ class RepetitionGuardConfig(Section):
     n: int = Field(4, ge=1)
     penalty: float = Field(1.0, ge=0)  # subtracted from the [0, 1] reward, times the repetition
     veto_above: float | None = Field(0.5, gt=0, le=1)  # None: never veto
-
 
 
 SAMPLER_KEYS = {"ucb1": ("c", "window", "discount"), "exp3": ("gamma",)}

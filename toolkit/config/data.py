@@ -41,7 +41,6 @@ class SourceConfig(Section):
         return self
 
 
-
 class DataConfig(Section):
     sources: list[SourceConfig] = []
     max_length: int = Field(512, ge=8)

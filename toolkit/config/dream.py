@@ -42,7 +42,6 @@ class FailureConfig(Section):
     teacher: str | None = None  # a model directory or hub id answering when a seed has no reference
 
 
-
 class DreamConfig(Section):
     """The dream loop (seed 003): the model writes scenarios from seed situations at the scenario
     temperature, answers them at the response temperature, an evaluator judges, and failures become

@@ -5,10 +5,10 @@ written. Knows no section: the schema (toolkit.recipe.Recipe) is passed in where
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
 from toolkit.config.section import KeyOfAnotherKind
 from toolkit.errors import ToolkitError, did_you_mean, first_line
@@ -16,7 +16,6 @@ from toolkit.errors import ToolkitError, did_you_mean, first_line
 # seed 000's flat config keys, at the top level or in `curriculum:`; renamed per file and per --set,
 # so a later layer overrides either spelling
 SEED_ALIASES = {"curriculum_warmup_steps": "warmup_steps", "curriculum_warmup_sources": "warmup_sources"}
-
 
 
 def _canonical_keys(data: dict, locations: dict) -> None:
@@ -33,14 +32,12 @@ def _canonical_keys(data: dict, locations: dict) -> None:
                 locations[("curriculum", name) + key[len(path):]] = locations.pop(key)
 
 
-
 def _canonical_override(keys: list) -> list:
     if keys and keys[0] in SEED_ALIASES:
         return ["curriculum", SEED_ALIASES[keys[0]], *keys[1:]]
     if len(keys) > 1 and keys[0] == "curriculum" and keys[1] in SEED_ALIASES:
         return ["curriculum", SEED_ALIASES[keys[1]], *keys[2:]]
     return keys
-
 
 
 def load_with_extends(path: Path, seen: tuple) -> tuple[dict, dict]:
@@ -61,7 +58,6 @@ def load_with_extends(path: Path, seen: tuple) -> tuple[dict, dict]:
     return _deep_merge(base, data), {**base_locations, **locations}
 
 
-
 def _read_yaml(path: Path) -> tuple[dict, dict]:
     text = path.read_text()
     try:
@@ -80,7 +76,6 @@ def _read_yaml(path: Path) -> tuple[dict, dict]:
     return data, locations
 
 
-
 def _index_lines(node, prefix: tuple, path: Path, out: dict) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -93,7 +88,6 @@ def _index_lines(node, prefix: tuple, path: Path, out: dict) -> None:
             _index_lines(item, prefix + (i,), path, out)
 
 
-
 def _deep_merge(base: dict, top: dict) -> dict:
     merged = dict(base)
     for key, value in top.items():
@@ -102,7 +96,6 @@ def _deep_merge(base: dict, top: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
 
 
 def apply_override(data: dict, locations: dict, item: str) -> None:
@@ -137,14 +130,12 @@ def apply_override(data: dict, locations: dict, item: str) -> None:
         locations.setdefault(tuple(keys[:n]), where)
 
 
-
 def locate(locations: dict, key_path: tuple, default: Path) -> str:
     """file:line of the deepest key of `key_path` that the recipe spells out."""
     for n in range(len(key_path), 0, -1):
         if key_path[:n] in locations:
             return locations[key_path[:n]]
     return str(default)
-
 
 
 def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: type[BaseModel]) -> ToolkitError:
@@ -167,7 +158,6 @@ def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: 
     if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
         message += f" (got {err['input']!r})"
     return ToolkitError(message, where=where, key=key)
-
 
 
 def _drop_union_tags(loc: tuple) -> tuple:
@@ -201,10 +191,6 @@ def _walk(schema: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
 
 def tagged_members(annotation) -> dict[str, type]:
     """{tag: section} of a tagged (discriminated) union anywhere in `annotation`, else {}."""
-    from typing import Annotated, get_args, get_origin
-
-    from pydantic import Tag
-
     found = {}
     for arg in get_args(annotation):
         if get_origin(arg) is Annotated:

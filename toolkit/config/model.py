@@ -28,7 +28,6 @@ class TinyHybridConfig(Section):
     max_position_embeddings: int = 2048
 
 
-
 class ModelConfig(Section):
     name_or_path: str = "tiny-hybrid"  # "tiny-hybrid", a local directory, or a hub id
     revision: str | None = None
@@ -42,9 +41,7 @@ class ModelConfig(Section):
     chat_template_kwargs: dict[str, Any] = {}
 
 
-
 GDN_GATE_PARAMS = ("A_log", "dt_bias")
-
 
 
 class LoraConfig(Section):

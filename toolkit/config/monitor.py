@@ -16,7 +16,6 @@ DEFAULT_PROBES = [
 ]
 
 
-
 class RepetitionMonitorConfig(Section):
     n: int = Field(4, ge=1)
     warn: float = Field(0.3, ge=0, le=1)  # seq-rep-4 of greedy decoding of a trained LM is about 0.44
@@ -25,11 +24,9 @@ class RepetitionMonitorConfig(Section):
     run_critical: int = Field(6, ge=2)  # "region region region ...": this many back to back is critical
 
 
-
 class FormattingMonitorConfig(Section):
     warn: float = Field(0.5, ge=0, le=1)  # share of list/markup lines among non-empty lines
     high: float = Field(0.8, ge=0, le=1)
-
 
 
 class BiasMonitorConfig(Section):
@@ -37,12 +34,10 @@ class BiasMonitorConfig(Section):
     severity: Literal["warn", "high", "critical"] = "high"
 
 
-
 class SpikeMonitorConfig(Section):
     window: int = Field(50, ge=2)
     warn_z: float = Field(4.0, gt=0)
     high_z: float = Field(8.0, gt=0)
-
 
 
 class MonitorConfig(Section):

@@ -13,9 +13,7 @@ class RunConfig(Section):
     seed: int = 0
 
 
-
 Tracker = Literal["tensorboard", "wandb", "mlflow"]
-
 
 
 class LoggingConfig(Section):

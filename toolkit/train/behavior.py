@@ -45,7 +45,6 @@ def dream_cycle(dream, model, tokenizer, step: int, max_steps: int, curriculum, 
         overhead.record(step, "dream", time.perf_counter() - start, background=seconds)
 
 
-
 def watch(monitor, model, tokenizer, step: int, max_steps: int, loss: float, grad_norm: float, source: str,
            curriculum, journal, accelerator, background=None, overhead=None) -> str | None:
     """The understanding module after a step: spikes, and every audit_every steps a sample audit (on the
@@ -70,14 +69,12 @@ def watch(monitor, model, tokenizer, step: int, max_steps: int, loss: float, gra
     return monitor.pause_reason(findings)
 
 
-
 def journal_findings(findings: list, step: int, journal, accelerator) -> None:
     for f in findings:
         data = {k: v for k, v in f.data.items() if k not in ("step", "kind", "severity")}  # the event has those
         journal.event(step, f.detector, f.severity, **{**data, "value": f.value, "message": f.message})
         if f.severity in ("high", "critical"):
             accelerator.print(f"step {step}: {f.severity} {f.detector}: {f.message}")
-
 
 
 def audit_findings(monitor, audit: tuple, step: int, curriculum, journal) -> list:
@@ -89,7 +86,6 @@ def audit_findings(monitor, audit: tuple, step: int, curriculum, journal) -> lis
     if penalized:
         journal.event(step, "penalize", "warn", repetition_by_source=penalized)
     return audit_findings
-
 
 
 def start_background(dream, monitor, model, tokenizer, engine: str, is_main: bool):
@@ -112,7 +108,6 @@ def start_background(dream, monitor, model, tokenizer, engine: str, is_main: boo
     return background
 
 
-
 def finish_background(dream, monitor, step: int, curriculum, journal, accelerator, background, overhead) -> None:
     """The end of an async run: the cycle and audit still in the background applied and journaled."""
     if background is None or not accelerator.is_main_process:
@@ -132,7 +127,6 @@ def finish_background(dream, monitor, step: int, curriculum, journal, accelerato
             journal_findings(findings, step, journal, accelerator)  # too late to pause: the run is done
         overhead.background["audit"] += pending.seconds
     background.close()
-
 
 
 def settle_background(step: int, components: dict, before: dict | None) -> dict | None:

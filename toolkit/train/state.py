@@ -27,12 +27,10 @@ def resume_point(run_dir: Path, resume: bool, processes: int, engine: str) -> tu
     return None, []
 
 
-
 def component_states(components: dict) -> dict:
     states = {name: part.state_dict() for name, part in components.items() if name != "sources"}
     states["sources"] = {s.name: s.state_dict() for s in components["sources"]}
     return states
-
 
 
 def state_before_step(run_dir: Path, components: dict, is_main: bool) -> dict:
@@ -42,7 +40,6 @@ def state_before_step(run_dir: Path, components: dict, is_main: bool) -> dict:
         return {"rng": global_rng_state()}
     return {"rng": global_rng_state(), "components": json.dumps(component_states(components)),
             "logs": log_sizes(run_dir)}
-
 
 
 def save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_lora, rngs, cfg,
@@ -61,10 +58,8 @@ def save_checkpoint(run_dir, step, model, tokenizer, optimizer, components, use_
     )
 
 
-
 def weights_dir(use_lora: bool) -> str:
     return "adapter" if use_lora else "model"
-
 
 
 def export_weights(directory: Path, model, tokenizer, use_lora: bool, weights: dict | None = None) -> Path:
@@ -77,7 +72,6 @@ def export_weights(directory: Path, model, tokenizer, use_lora: bool, weights: d
         model.save_pretrained(out, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(out)
     return out
-
 
 
 def restore(path: Path, model, optimizer, components, accelerator, train_model) -> int:
@@ -102,7 +96,6 @@ def restore(path: Path, model, optimizer, components, accelerator, train_model) 
         if name != "sources" and name in saved:
             part.load_state_dict(saved[name])
     return int(state["step"])
-
 
 
 def export_final(run_dir: Path, model, tokenizer, use_lora: bool, merged: bool, is_main: bool,
