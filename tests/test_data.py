@@ -355,6 +355,9 @@ def test_group_by_length_draws_similar_lengths_and_resumes_exactly(tmp_path, tok
     resumed = source(32)
     resumed.load_state_dict(state)
     assert ids(resumed.next_examples(40)) == expected
+    with pytest.raises(ToolkitError, match="group_by_length 32") as info:  # another window: another order
+        source(16).load_state_dict(state)
+    assert info.value.key == "data.group_by_length"
 
 
 def test_group_by_length_refuses_streaming_sources(tmp_path, tok):

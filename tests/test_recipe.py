@@ -141,9 +141,16 @@ def test_evaluators_are_a_union_tagged_by_kind(tmp_path):
     flat = write(tmp_path / "flat.yaml", "dream:\n  evaluator:\n    kind: rules\n    must_include: [ok]\n"
                  "    threshold: 0.5\n    model: null\n    max_new_tokens: 8\n    function: null\n")
     assert isinstance(load_recipe(flat).recipe.dream.evaluator, RulesEvaluatorConfig)
-    other = write(tmp_path / "other.yaml", "dream:\n  evaluator:\n    kind: llm\n")
-    with pytest.raises(ToolkitError, match="kind must be one of 'rules', 'classifier', 'judge', 'python'"):
-        load_recipe(other)
+    for body, line, message in [("kind: jduge", 3, "kind must be one of 'rules', 'classifier', 'judge', 'python' "
+                                 "(got 'jduge') (did you mean 'judge'?)"),
+                                ("kind: [judge]", 3, "kind must be one of"), ("- judge", 2, "must be a mapping")]:
+        other = write(tmp_path / "other.yaml", f"dream:\n  evaluator:\n    {body}\n")
+        with pytest.raises(ToolkitError) as err:
+            load_recipe(other)
+        assert message in err.value.one_line() and err.value.where == f"{other}:{line}", err.value.one_line()
+    listed = write(tmp_path / "listed.yaml", "curriculum:\n  sampler: [exp3]\n")  # not a name: no crash
+    with pytest.raises(ToolkitError, match="Input should be 'ucb1'"):
+        load_recipe(listed)
 
 
 @pytest.mark.parametrize("section, message", [

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from toolkit.config.section import Section, reject_other_members
 
@@ -93,13 +93,14 @@ EvaluatorConfig = Annotated[
     Discriminator(evaluator_kind, custom_error_type="invalid_kind",
                   custom_error_message="kind must be one of 'rules', 'classifier', 'judge', 'python'"),
 ]
-_ADAPTER = TypeAdapter(EvaluatorConfig)
+def reject_keys_of_other_kinds(data):
+    return reject_other_members(data, "kind", EVALUATOR_KINDS, DEFAULT_KIND)
+
+
+_ADAPTER = TypeAdapter(Annotated[EvaluatorConfig, BeforeValidator(reject_keys_of_other_kinds)])
 
 
 def evaluator_config(**fields):
-    """The evaluator section `fields` describe (kind chosen by `kind`): evaluator_config(kind="judge", model=...)."""
-    return _ADAPTER.validate_python(reject_keys_of_other_kinds(fields))
-
-
-def reject_keys_of_other_kinds(data):
-    return reject_other_members(data, "kind", EVALUATOR_KINDS, DEFAULT_KIND)
+    """The evaluator section `fields` describe, of the kind `kind` names: evaluator_config(kind="judge", model=...).
+    Raises pydantic's ValidationError, as constructing a section does."""
+    return _ADAPTER.validate_python(fields)

@@ -144,20 +144,41 @@ def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: 
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     raw = _drop_union_tags(loc)
     loc, _ = _walk(schema, raw)
-    if isinstance((err.get("ctx") or {}).get("error"), KeyOfAnotherKind):
-        loc = (*loc, err["ctx"]["error"].key)  # the section's validator names the stray key: point at its line
-    key = ".".join(str(p) for p in loc) or None
-    where = locate(locations, loc, path)
-    if where.startswith("--set"):
-        key = None  # the override already names the key
+    hint = None
+    if isinstance(stray := (err.get("ctx") or {}).get("error"), KeyOfAnotherKind):
+        loc, hint = (*loc, stray.key), stray.hint  # the section's validator names the stray key: point at its line
+    members = tagged_members(_field_annotation(schema, loc))
+    if err["type"] == "invalid_kind":  # a tagged union's tag: point at `kind` and show what was given
+        given = err["input"].get("kind") if isinstance(err["input"], dict) else None
+        return _error(f"kind must be one of {', '.join(repr(k) for k in members)} (got {given!r})",
+                      locations, (*loc, "kind"), path, did_you_mean(str(given), list(members)))
+    if members and err["type"] in ("model_type", "dict_type", "model_attributes_type"):
+        return _error(f"must be a mapping with a kind ({' | '.join(members)}) and that kind's keys "
+                      f"(got {err['input']!r})", locations, loc, path)
     if err["type"] == "extra_forbidden":
         valid = _fields_at(schema, raw[:-1])
-        hint = did_you_mean(loc[-1], valid) or f"valid keys: {', '.join(valid)}"
-        return ToolkitError(f"unknown key '{loc[-1]}'", where=where, key=key, hint=hint)
+        return _error(f"unknown key '{loc[-1]}'", locations, loc, path,
+                      did_you_mean(loc[-1], valid) or f"valid keys: {', '.join(valid)}")
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
         message += f" (got {err['input']!r})"
-    return ToolkitError(message, where=where, key=key)
+    return _error(message, locations, loc, path, hint)
+
+
+def _error(message: str, locations: dict, loc: tuple, path: Path, hint: str | None = None) -> ToolkitError:
+    """A ToolkitError at the file:line of `loc`; a key set by --set is named by the override itself."""
+    where = locate(locations, loc, path)
+    key = None if where.startswith("--set") else (".".join(str(p) for p in loc) or None)
+    return ToolkitError(message, where=where, key=key, hint=hint)
+
+
+def _field_annotation(schema: type[BaseModel], loc: tuple):
+    """The annotation of the field `loc` ends at (None when it is not a field)."""
+    if not loc or isinstance(loc[-1], int):
+        return None
+    _, parent = _walk(schema, loc[:-1])
+    field = parent.model_fields.get(loc[-1]) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
+    return field.annotation if field is not None else None
 
 
 def _drop_union_tags(loc: tuple) -> tuple:

@@ -12,9 +12,9 @@ class Section(BaseModel):
 class KeyOfAnotherKind(ValueError):
     """A key set for a kind it does not belong to; `key` lets the error point at that key's line."""
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, hint: str | None = None):
         super().__init__(message)
-        self.key = key
+        self.key, self.hint = key, hint
 
 
 def reject_other_kinds(section: type[BaseModel], data, kind_key: str, keys_by_kind: dict[str, tuple[str, ...]]):
@@ -30,8 +30,9 @@ def reject_other_members(data, kind_key: str, members: dict[str, type[BaseModel]
     have (`must_match` under `kind: judge`) names the kinds it belongs to, where pydantic would only say
     "extra inputs are not permitted". Other kinds' keys left null or at their default (a recipe resolved before
     the kinds were split writes them all) are dropped."""
-    if not isinstance(data, dict) or data.get(kind_key, default_kind) not in members:
-        return data  # an unknown kind: the union's own error names the valid ones
+    kind = data.get(kind_key, default_kind) if isinstance(data, dict) else None
+    if not isinstance(kind, str) or kind not in members:
+        return data  # not a mapping, or an unknown kind: the union's own error says so
     keys_by_kind = {kind: tuple(member.model_fields) for kind, member in members.items()}
     fields = {k: f for member in members.values() for k, f in member.model_fields.items()}
     _reject(data, kind_key, default_kind, keys_by_kind, fields)
@@ -40,14 +41,15 @@ def reject_other_members(data, kind_key: str, members: dict[str, type[BaseModel]
 
 
 def _reject(data, kind_key: str, kind_default, keys_by_kind: dict[str, tuple[str, ...]], fields: dict):
-    if not isinstance(data, dict):
-        return data
-    kind = data.get(kind_key, kind_default)
+    kind = data.get(kind_key, kind_default) if isinstance(data, dict) else None
+    if not isinstance(kind, str):
+        return data  # the field's own validation reports a kind that is not a name
     own = keys_by_kind.get(kind, ())
     for key, value in data.items():
         owners = [other for other, keys in keys_by_kind.items() if other != kind and key in keys and key not in own
                   and key != kind_key]
         if owners and value is not None and value != fields[key].get_default(call_default_factory=True):
             kinds = " or ".join(f"'{o}'" for o in owners)
-            raise KeyOfAnotherKind(key, f"'{key}' belongs to {kind_key} {kinds}, not '{kind}'")
+            raise KeyOfAnotherKind(key, f"'{key}' belongs to {kind_key} {kinds}, not '{kind}'",
+                                   hint=f"remove {key}, or set it to null, for {kind_key} '{kind}'")
     return data

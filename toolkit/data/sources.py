@@ -120,7 +120,8 @@ class Source:
         return {"train": len(self.train), "val": len(self.val), "tier": self.tier, **self.stats}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "num_train": len(self.train)}
+        return {"epoch": self.epoch, "position": self.position, "num_train": len(self.train),
+                "group_by_length": self.group_by_length}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_train", len(self.train)) != len(self.train):
@@ -128,6 +129,11 @@ class Source:
                 f"source '{self.name}' had {state['num_train']} training examples at the checkpoint and has "
                 f"{len(self.train)} now, so its data order cannot resume exactly",
                 key="data.sources", hint="restore the data as it was, or start a new run")
+        if state.get("group_by_length", 0) != self.group_by_length:  # the epoch order depends on it
+            raise ToolkitError(
+                f"source '{self.name}' was drawn with group_by_length {state.get('group_by_length', 0)} and the "
+                f"recipe now says {self.group_by_length}, so its data order cannot resume exactly",
+                key="data.group_by_length", hint="resume with the value the run started with, or start a new run")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._epoch_order(self.epoch)
 
@@ -137,7 +143,8 @@ class Source:
 
 def group_by_length(order: np.ndarray, lengths: np.ndarray, window: int, descending_first: bool = True) -> np.ndarray:
     """`order` with each window of `window` positions sorted by length, ties in their shuffled order: so
-    consecutive draws have similar lengths and pad little, while which examples share a window stays random.
+    consecutive draws have similar lengths and pad little, while which examples share a window stays random
+    (a window as large as the source sorts the whole epoch: then only ties keep a random order).
     The direction alternates from window to window, starting longest first (as TRL's length-grouped sampler,
     so the largest batch comes early): where two windows meet, short meets short and long meets long, so a
     batch cut across the seam pads no more than one cut inside a window."""
