@@ -1,6 +1,7 @@
-"""What a path names, in weights: a model dir, a hub id, a PEFT adapter dir, a run dir (RUN/adapter or
-RUN/model, else its newest checkpoint) or a checkpoint dir; and which base an adapter belongs to. Train,
-serve, eval, the dream loop's judge and teacher, and every analysis command resolve and load weights here.
+"""What a path names, in weights: a model dir, a hub id, a PEFT adapter dir, a run dir (its final RUN/adapter
+or RUN/model) or a checkpoint dir (RUN/checkpoints/step-N, by its adapter/ or model/); and which base an
+adapter belongs to. Serve, the dream loop's judge and teacher, and every analysis command resolve and load
+weights here; a run's newest weights when it has no final ones are `train.checkpoint.run_weights`.
 
 An adapter's base is the run's recipe model (RUN/base-model when the run built tiny-hybrid), else the
 `base_model_name_or_path` its adapter_config.json names.

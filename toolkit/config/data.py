@@ -60,8 +60,8 @@ class DataConfig(Section):
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     val_max_examples: int = Field(64, ge=1)
     # draw examples of similar length together (TRL's group_by_length): each source sorts every window of this
-    # many examples of its shuffled epoch by length, longest first, so a step's batch pads little; 0: off.
-    # TRL's window is 50 batches. Applies to cached sources (a streaming source reads in order)
+    # many examples of its shuffled epoch by length, longest first and shortest first in turn, so a step's batch
+    # pads little; 0 (or 1): off. TRL's window is 50 batches. A streamed source (read in order) refuses it
     group_by_length: int = Field(0, ge=0)
 
     @model_validator(mode="after")

@@ -39,7 +39,7 @@ class FailureConfig(Section):
     strategy: Literal["reference", "best_of_k", "pairs"] = "best_of_k"
     k: int = Field(4, ge=1)
     temperature: float = Field(0.8, gt=0)  # best_of_k sampling
-    teacher: str | None = None  # a model directory or hub id answering when a seed has no reference
+    teacher: str | None = None  # a model dir, hub id, adapter dir or run dir answering when a seed has no reference
 
 
 class DreamConfig(Section):

@@ -70,11 +70,6 @@ class ExampleTable:
         for start in range(0, len(self.rows), 256):
             yield from self.take(range(start, min(start + 256, len(self.rows))))
 
-    def lengths(self) -> np.ndarray:
-        """Token count of every example here, in `rows` order (read from the Arrow offsets, no tokens copied)."""
-        counts = pc.fill_null(pc.list_value_length(self.table.data.column("input_ids")), 0).to_numpy()
-        return counts[self.rows]
-
     def take(self, positions) -> list[Example]:
         picked = self.table[[int(self.rows[p]) for p in positions]]
         return [Example(input_ids=ids, labels=list(ids) if labels is None else labels, source=self.source,
@@ -86,13 +81,13 @@ class Source:
     `stats` counts what the build did (documents, tokens, bad lines, windows, truncations, drops) for the journal."""
 
     def __init__(self, cfg: SourceConfig, train, val: list[Example], seed: int, stats: dict | None = None,
-                 group_by_length: int = 0):
+                 group_by_length: int = 0, train_lengths: np.ndarray | None = None):
         self.name, self.tier, self.tags, self.weight = cfg.name, cfg.tier, list(cfg.tags), cfg.weight
         self.train, self.val = train, val
         self.stats = stats or {}
         self.seed = seed
-        self.group_by_length = group_by_length
-        self._lengths = train.lengths() if group_by_length > 1 else None
+        self.group_by_length = group_by_length if group_by_length > 1 else 0  # a window of 1 changes nothing
+        self._lengths = train_lengths if self.group_by_length else None  # each train example's token count
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)
 
@@ -205,7 +200,7 @@ def _cached_source(cfg: SourceConfig, index: int, opts, tokenizer, data_cfg: Dat
     train, val = split_by_document(rows, columns.column("doc").to_numpy()[rows], data_cfg, seed, cfg.name)
     return Source(cfg, ExampleTable(table, train, cfg.name, cfg.tier),
                   ExampleTable(table, val, cfg.name, cfg.tier).take(range(len(val))), seed, stats,
-                  group_by_length=data_cfg.group_by_length)
+                  group_by_length=data_cfg.group_by_length, train_lengths=lengths[train])
 
 
 def raise_first_error(table) -> None:

@@ -42,9 +42,13 @@ def _teacher(recipe):
     path = recipe.dream.on_failure.teacher
     if not path:
         return None
+    from toolkit.errors import ToolkitError
     from toolkit.weights import load_weights
 
-    return load_weights(path, options=recipe.model)  # a model dir, hub id, adapter dir or run dir
+    try:
+        return load_weights(path, options=recipe.model)  # a model dir, hub id, adapter dir or run dir
+    except ToolkitError as exc:
+        raise ToolkitError(exc.message, where=exc.where, key="dream.on_failure.teacher", hint=exc.hint) from None
 
 
 def run_cycle(dream: DreamLoop, model, tokenizer, step: int, progress: float, phase_temperature, journal) -> dict:

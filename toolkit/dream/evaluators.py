@@ -354,7 +354,7 @@ def load_judge(path: str, model_cfg: ModelConfig | None):
         # load_tokenizer sets pad = eos when the tokenizer has no pad token
         return load_weights(path, options=judge_cfg)
     except ToolkitError as exc:
-        raise ToolkitError(exc.message, key=f"{KEY}.model", hint=exc.hint) from None
+        raise ToolkitError(exc.message, where=exc.where, key=f"{KEY}.model", hint=exc.hint) from None
 
 
 # ---------------------------------------------------------------- python
@@ -364,7 +364,7 @@ class PythonEvaluator:
     """`cfg.function(scenario, response)` returns a float score, a (score, passed, reason) tuple, a dict
     with "score" (and optionally "passed", "reason"), or a Verdict. A bare score passes at `cfg.threshold`."""
 
-    def __init__(self, cfg: RulesEvaluatorConfig):
+    def __init__(self, cfg: PythonEvaluatorConfig):
         self.name = cfg.function
         self.threshold = cfg.threshold
         self.fn = load_function(cfg.function, f"{KEY}.function")

@@ -1,8 +1,8 @@
 """Detectors of the understanding module: one interface, interchangeable (scikit-learn style).
 
-Text detectors judge generated samples (`check(texts) -> [Finding]`, at least one finding per
-text, "info" included for logging; the worst per text is what matters). Step detectors judge a
-number per step (`check(step, value) -> [Finding]`, empty when nothing is wrong) and carry
+Every detector has one method, `check(batch) -> [Finding]`. Text detectors judge generated samples
+(`check(texts)`, at least one finding per text, "info" included for logging; the worst per text is what
+matters). Step detectors judge readings (`check([(step, value), ...])`, empty when nothing is wrong) and carry
 JSON-serializable state (`state_dict` / `load_state_dict`) so a resumed run continues identically.
 
 - RepetitionDetector: loops ("region region region region ...") and greedy-like repetitiveness.
