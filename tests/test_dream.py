@@ -288,3 +288,14 @@ def test_the_dream_source_needs_a_name_of_its_own(tmp_path, tiny_model_dir):
     out = run_toolkit("validate", str(recipe), "--set", "dream.source=chat", check=False)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "--set dream.source=chat: 'chat' is already a data source's name" in out.stderr  # names the override
+
+
+def test_a_teacher_that_cannot_load_is_named_by_its_key(tmp_path):
+    from toolkit.dream.command import _teacher
+    from toolkit.errors import ToolkitError
+    from toolkit.recipe import Recipe
+
+    recipe = Recipe.model_validate({"dream": {"on_failure": {"teacher": str(tmp_path)}}})  # an empty directory
+    with pytest.raises(ToolkitError) as err:
+        _teacher(recipe)
+    assert (err.value.key, err.value.where) == ("dream.on_failure.teacher", str(tmp_path))

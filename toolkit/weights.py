@@ -87,12 +87,22 @@ def resolve_weights(path_or_run: str | Path, base: str | None = None) -> tuple[s
 
 
 def load_weights(path_or_run: str | Path, base: str | None = None, device=None, dtype: torch.dtype = torch.float32,
-                 options: ModelConfig | None = None):
+                 options: ModelConfig | None = None, key: str | None = None):
     """(model, tokenizer) for a model dir, hub id, adapter dir or run dir, in eval mode (on `device` when given):
     the causal LM through `toolkit.model.load_model` (the text model alone for a multimodal checkpoint), an
     adapter loaded onto it with `toolkit.lora.load_adapter` and merged in memory. The tokenizer is the
     adapter's when it has one. `options`: loading options (trust_remote_code, allow_pickle, attention, chat
-    template) for the resolved model; default: ModelConfig's."""
+    template) for the resolved model; default: ModelConfig's. `key`: the recipe key that named the path (a
+    judge, a teacher), put on loading errors in place of model.name_or_path."""
+    try:
+        return _load_weights(path_or_run, base, device, dtype, options)
+    except ToolkitError as exc:
+        if key is None:
+            raise
+        raise ToolkitError(exc.message, where=exc.where, key=key, hint=exc.hint) from None
+
+
+def _load_weights(path_or_run, base, device, dtype, options):
     from toolkit.lora import load_adapter
     from toolkit.model import load_model, load_tokenizer
 

@@ -84,15 +84,17 @@ DEFAULT_KIND = "rules"
 
 def evaluator_kind(value: Any) -> str:
     """The union's tag: `kind` of a mapping or a section, `rules` when left out."""
-    return (value.get("kind", DEFAULT_KIND) if isinstance(value, dict) else getattr(value, "kind", DEFAULT_KIND))
+    return value.get("kind", DEFAULT_KIND) if isinstance(value, dict) else getattr(value, "kind", DEFAULT_KIND)
 
 
 EvaluatorConfig = Annotated[
     Annotated[RulesEvaluatorConfig, Tag("rules")] | Annotated[ClassifierEvaluatorConfig, Tag("classifier")]
     | Annotated[JudgeEvaluatorConfig, Tag("judge")] | Annotated[PythonEvaluatorConfig, Tag("python")],
     Discriminator(evaluator_kind, custom_error_type="invalid_kind",
-                  custom_error_message="kind must be one of 'rules', 'classifier', 'judge', 'python'"),
+                  custom_error_message=f"kind must be one of {', '.join(map(repr, EVALUATOR_KINDS))}"),
 ]
+
+
 def reject_keys_of_other_kinds(data):
     return reject_other_members(data, "kind", EVALUATOR_KINDS, DEFAULT_KIND)
 

@@ -143,11 +143,11 @@ def as_toolkit_error(exc: ValidationError, locations: dict, path: Path, schema: 
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     raw = _drop_union_tags(loc)
-    loc, _ = _walk(schema, raw)
+    loc, _, annotation = _walk(schema, raw)
+    members = tagged_members(annotation)  # the error is about a tagged union itself (its kind, its shape)
     hint = None
     if isinstance(stray := (err.get("ctx") or {}).get("error"), KeyOfAnotherKind):
         loc, hint = (*loc, stray.key), stray.hint  # the section's validator names the stray key: point at its line
-    members = tagged_members(_field_annotation(schema, loc))
     if err["type"] == "invalid_kind":  # a tagged union's tag: point at `kind` and show what was given
         given = err["input"].get("kind") if isinstance(err["input"], dict) else None
         return _error(f"kind must be one of {', '.join(repr(k) for k in members)} (got {given!r})",
@@ -172,33 +172,27 @@ def _error(message: str, locations: dict, loc: tuple, path: Path, hint: str | No
     return ToolkitError(message, where=where, key=key, hint=hint)
 
 
-def _field_annotation(schema: type[BaseModel], loc: tuple):
-    """The annotation of the field `loc` ends at (None when it is not a field)."""
-    if not loc or isinstance(loc[-1], int):
-        return None
-    _, parent = _walk(schema, loc[:-1])
-    field = parent.model_fields.get(loc[-1]) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
-    return field.annotation if field is not None else None
-
-
 def _drop_union_tags(loc: tuple) -> tuple:
     # pydantic adds the union member's type name to the location ("str", "list[str]"); users never wrote those
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"})))
 
 
-def _walk(schema: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
-    """(`loc` without the tags pydantic adds for a tagged union's member, the section at its end or None): an
-    error under `dream.evaluator` with `kind: judge` is at ("dream", "evaluator", "judge", key)."""
+def _walk(schema: type[BaseModel], loc: tuple) -> tuple[tuple, Any, Any]:
+    """(`loc` without the tags pydantic adds for a tagged union's member, the section at its end or None, the
+    annotation of the field it ends at or None): an error under `dream.evaluator` with `kind: judge` is at
+    ("dream", "evaluator", "judge", key)."""
     model: Any = schema
-    out, parts = [], iter(loc)
+    out, parts, annotation = [], iter(loc), None
     for part in parts:
         out.append(part)
+        annotation = None
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             model = None
             continue
+        annotation = field.annotation
         members = tagged_members(field.annotation)
         model = section_type(field.annotation)
         if members:
@@ -207,7 +201,7 @@ def _walk(schema: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
                 model = members[tag]
             elif tag is not None:
                 out.append(tag)
-    return tuple(out), model
+    return tuple(out), model, annotation
 
 
 def tagged_members(annotation) -> dict[str, type]:
@@ -226,7 +220,7 @@ def tagged_members(annotation) -> dict[str, type]:
 
 def _fields_at(schema: type[BaseModel], loc: tuple) -> list[str]:
     """Valid key names of the section at `loc` (for did-you-mean)."""
-    _, model = _walk(schema, loc)
+    _, model, _ = _walk(schema, loc)
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 

@@ -22,7 +22,10 @@ def reject_other_kinds(section: type[BaseModel], data, kind_key: str, keys_by_ki
     and reward): a key that belongs to another part is an error, never silently ignored (`window` with exp3).
     A key at its default (as a resolved recipe writes every key) or null counts as not set."""
     fields = section.model_fields
-    return _reject(data, kind_key, fields[kind_key].default, keys_by_kind, fields)
+    kind = data.get(kind_key, fields[kind_key].default) if isinstance(data, dict) else None
+    if isinstance(kind, str):  # else the field's own validation reports a kind that is not a name
+        _reject(data, kind_key, kind, keys_by_kind, fields)
+    return data
 
 
 def reject_other_members(data, kind_key: str, members: dict[str, type[BaseModel]], default_kind: str):
@@ -33,17 +36,15 @@ def reject_other_members(data, kind_key: str, members: dict[str, type[BaseModel]
     kind = data.get(kind_key, default_kind) if isinstance(data, dict) else None
     if not isinstance(kind, str) or kind not in members:
         return data  # not a mapping, or an unknown kind: the union's own error says so
-    keys_by_kind = {kind: tuple(member.model_fields) for kind, member in members.items()}
+    keys_by_kind = {name: tuple(member.model_fields) for name, member in members.items()}
     fields = {k: f for member in members.values() for k, f in member.model_fields.items()}
-    _reject(data, kind_key, default_kind, keys_by_kind, fields)
-    own = keys_by_kind[data.get(kind_key, default_kind)]
-    return {k: v for k, v in data.items() if k in own or k not in fields}
+    _reject(data, kind_key, kind, keys_by_kind, fields)
+    return {k: v for k, v in data.items() if k in keys_by_kind[kind] or k not in fields}
 
 
-def _reject(data, kind_key: str, kind_default, keys_by_kind: dict[str, tuple[str, ...]], fields: dict):
-    kind = data.get(kind_key, kind_default) if isinstance(data, dict) else None
-    if not isinstance(kind, str):
-        return data  # the field's own validation reports a kind that is not a name
+def _reject(data, kind_key: str, kind, keys_by_kind: dict[str, tuple[str, ...]], fields: dict):
+    """Raise KeyOfAnotherKind for the first key of `data` set (not null, not at its default) that only kinds
+    other than `kind` have."""
     own = keys_by_kind.get(kind, ())
     for key, value in data.items():
         owners = [other for other, keys in keys_by_kind.items() if other != kind and key in keys and key not in own
@@ -52,4 +53,3 @@ def _reject(data, kind_key: str, kind_default, keys_by_kind: dict[str, tuple[str
             kinds = " or ".join(f"'{o}'" for o in owners)
             raise KeyOfAnotherKind(key, f"'{key}' belongs to {kind_key} {kinds}, not '{kind}'",
                                    hint=f"remove {key}, or set it to null, for {kind_key} '{kind}'")
-    return data

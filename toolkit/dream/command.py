@@ -42,13 +42,10 @@ def _teacher(recipe):
     path = recipe.dream.on_failure.teacher
     if not path:
         return None
-    from toolkit.errors import ToolkitError
     from toolkit.weights import load_weights
 
-    try:
-        return load_weights(path, options=recipe.model)  # a model dir, hub id, adapter dir or run dir
-    except ToolkitError as exc:
-        raise ToolkitError(exc.message, where=exc.where, key="dream.on_failure.teacher", hint=exc.hint) from None
+    # a model dir, hub id, adapter dir or run dir
+    return load_weights(path, options=recipe.model, key="dream.on_failure.teacher")
 
 
 def run_cycle(dream: DreamLoop, model, tokenizer, step: int, progress: float, phase_temperature, journal) -> dict:

@@ -350,11 +350,7 @@ def load_judge(path: str, model_cfg: ModelConfig | None):
     # the judge is another model: only loading options carry over, not the base's revision or chat template
     judge_cfg = ModelConfig(trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle,
                             attn_implementation=base.attn_implementation)
-    try:
-        # load_tokenizer sets pad = eos when the tokenizer has no pad token
-        return load_weights(path, options=judge_cfg)
-    except ToolkitError as exc:
-        raise ToolkitError(exc.message, where=exc.where, key=f"{KEY}.model", hint=exc.hint) from None
+    return load_weights(path, options=judge_cfg, key=f"{KEY}.model")  # pad = eos where the tokenizer has none
 
 
 # ---------------------------------------------------------------- python

@@ -81,21 +81,26 @@ def _is_module(root: Path, package: str, name: str) -> bool:
     return (base / f"{name}.py").exists() or (base / name / "__init__.py").exists()
 
 
-def check(root: Path) -> list[Violation]:
-    """Upward imports, and cycles between the prefixes of one floor."""
-    violations, edges = [], {}
+def our_imports(root: Path):
+    """(path, importing module, line, imported module) for every import of our packages in our tree."""
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             importer = module_name(path, root)
-            low, low_prefix = floor_of(importer)
             for line, imported in imports_of(path, importer, root):
-                high, high_prefix = floor_of(imported)
-                where = f"{path.relative_to(root)}:{line}"
-                if high > low:
-                    violations.append(Violation(where, importer, imported,
-                                                f"upward, from '{FLOORS[low][0]}' to '{FLOORS[high][0]}'"))
-                elif high == low and high_prefix != low_prefix:
-                    edges.setdefault((low_prefix, high_prefix), where)
+                yield path, importer, line, imported
+
+
+def check(root: Path) -> list[Violation]:
+    """Upward imports, and cycles between the prefixes of one floor."""
+    violations, edges = [], {}
+    for path, importer, line, imported in our_imports(root):
+        (low, low_prefix), (high, high_prefix) = floor_of(importer), floor_of(imported)
+        where = f"{path.relative_to(root)}:{line}"
+        if high > low:
+            violations.append(Violation(where, importer, imported,
+                                        f"upward, from '{FLOORS[low][0]}' to '{FLOORS[high][0]}'"))
+        elif high == low and high_prefix != low_prefix:
+            edges.setdefault((low_prefix, high_prefix), where)
     for (a, b), where in sorted(edges.items()):
         if (b, a) in edges and a < b:
             violations.append(Violation(where, a, b, f"cycle on one floor (and back at {edges[(b, a)]})"))
@@ -105,13 +110,12 @@ def check(root: Path) -> list[Violation]:
 def import_graph(root: Path) -> dict[str, set[str]]:
     """{prefix: the other prefixes (FLOORS' names) its modules import}: the house's import graph."""
     graph: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            importer = module_name(path, root)
-            _, source = floor_of(importer)
-            graph.setdefault(source, set())
-            graph[source] |= {floor_of(imported)[1] for _, imported in imports_of(path, importer, root)} - {source}
-    return graph
+    for package in PACKAGES:  # every module's prefix appears, importing ours or not
+        for path in (root / package).rglob("*.py"):
+            graph.setdefault(floor_of(module_name(path, root))[1], set())
+    for _, importer, _, imported in our_imports(root):
+        graph[floor_of(importer)[1]].add(floor_of(imported)[1])
+    return {prefix: imported - {prefix} for prefix, imported in graph.items()}
 
 
 def print_graph(root: Path) -> None:
